@@ -1,0 +1,240 @@
+"""The state of an instance: a pure, deterministic fold of the *set* of its transitions.
+
+``fold(workflow, key, transitions, now_ns)`` sorts the transitions by event time (ties broken by
+state rank, step declaration order, span id and source), drops exact duplicates of evidence, and
+replays them. So arrival order never matters and re-delivery changes nothing: two processes that
+saw the same transitions agree, to the nanosecond, on state, status and status history.
+
+Status rules (DESIGN.md §4), evaluated at every transition and at every timer in between
+(instance deadline, failure + grace) up to ``now_ns``:
+
+- ``diverged``: a ``conflicts`` pair holds, or a failure left completed side effects
+  uncompensated for longer than ``grace``;
+- ``converged``: every required step completed and nothing failed or was compensated;
+- ``compensated``: something failed (or was compensated) and every completed step that has a
+  ``compensated_by`` was compensated — including a clean failure with nothing to undo;
+- ``stalled``: past the workflow deadline and none of the above;
+- ``running``: otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from processors.model import WorkflowSpec
+from processors.types import STATE_RANK, InstanceStatus, StepState, Transition
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    trace_id: str
+    span_id: str
+    time_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepView:
+    """One step of one instance after the fold."""
+
+    state: StepState | None = None
+    since_ns: int | None = None
+    #: first event time each state was reached (``requires`` and conflicts look here)
+    first_ns: Mapping[StepState, int] = field(default_factory=dict)
+    #: distinct spans that completed this step (more than one: a duplicate action)
+    completions: tuple[Evidence, ...] = ()
+    failures: tuple[Evidence, ...] = ()
+    started_by: Evidence | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderViolation:
+    """A step started before one of its ``requires`` held (in event time)."""
+
+    step: str
+    requirement: str
+    at: Evidence
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceState:
+    workflow: str
+    key: str
+    status: InstanceStatus
+    steps: Mapping[str, StepView]
+    started_at_ns: int
+    updated_at_ns: int
+    #: when the instance reached its current coherent end (converged/compensated), else None
+    converged_at_ns: int | None
+    #: (status, valid_from_ns) in time order; the last entry is the current status
+    history: tuple[tuple[InstanceStatus, int], ...]
+    trace_ids: tuple[str, ...]
+    violations: tuple[OrderViolation, ...]
+    conflicts: tuple[tuple[str, str], ...]
+    transition_count: int
+    #: when the first failure (or compensation) happened, for the ``grace`` rule
+    first_failure_ns: int | None
+
+
+def sort_key(wf_order: Mapping[str, int]) -> Callable[[Transition], tuple[int, int, int, str, str]]:
+    def key(t: Transition) -> tuple[int, int, int, str, str]:
+        return (
+            t.event_time_ns,
+            STATE_RANK[t.state],
+            wf_order.get(t.step, 1 << 30),
+            t.span_id,
+            t.source,
+        )
+
+    return key
+
+
+class _Fold:
+    """Mutable scratchpad of one fold; never escapes :func:`fold`."""
+
+    def __init__(self, wf: WorkflowSpec) -> None:
+        self.wf = wf
+        self.state: dict[str, StepState] = {}
+        self.since: dict[str, int] = {}
+        self.first: dict[str, dict[StepState, int]] = {s.name: {} for s in wf.steps}
+        self.completions: dict[str, dict[str, Evidence]] = {s.name: {} for s in wf.steps}
+        self.failures: dict[str, dict[str, Evidence]] = {s.name: {} for s in wf.steps}
+        self.started_by: dict[str, Evidence] = {}
+        self.violations: list[OrderViolation] = []
+        self.first_failure: int | None = None
+        self.comp_of: dict[str, list[str]] = {}
+        for s in wf.steps:
+            if s.compensated_by:
+                self.comp_of.setdefault(s.compensated_by, []).append(s.name)
+        self.requires = {
+            s.name: [
+                (r.partition(".")[0], StepState(r.partition(".")[2] or "completed"))
+                for r in s.requires
+            ]
+            for s in wf.steps
+        }
+
+    def set(self, step: str, state: StepState, t: int) -> None:
+        self.state[step] = state
+        self.since[step] = t
+        self.first[step].setdefault(state, t)
+        if state in (StepState.FAILED, StepState.COMPENSATED) and self.first_failure is None:
+            self.first_failure = t
+
+    def apply(self, tr: Transition) -> None:
+        ev = Evidence(tr.trace_id, tr.span_id, tr.event_time_ns)
+        if tr.step not in self.started_by:
+            self.started_by[tr.step] = ev
+            for req_step, req_state in self.requires.get(tr.step, ()):
+                reached = self.first[req_step].get(req_state)
+                if reached is None or reached > tr.event_time_ns:
+                    self.violations.append(OrderViolation(tr.step, f"{req_step}.{req_state}", ev))
+        if tr.state is StepState.COMPLETED:
+            self.completions[tr.step].setdefault(tr.span_id, ev)
+        elif tr.state is StepState.FAILED:
+            self.failures[tr.step].setdefault(tr.span_id, ev)
+        self.set(tr.step, tr.state, tr.event_time_ns)
+        if tr.state is StepState.COMPLETED:
+            for target in self.comp_of.get(tr.step, ()):
+                if self.state.get(target) is StepState.COMPLETED:
+                    self.set(target, StepState.COMPENSATED, tr.event_time_ns)
+
+    def holds(self, ref: str) -> bool:
+        step, _, state = ref.partition(".")
+        return self.state.get(step) is StepState(state)
+
+    def conflicts(self) -> tuple[tuple[str, str], ...]:
+        return tuple((a, b) for a, b in self.wf.conflicts if self.holds(a) and self.holds(b))
+
+    def status(self, started_at: int, t: int) -> InstanceStatus:
+        if self.conflicts():
+            return InstanceStatus.DIVERGED
+        troubled = self.first_failure is not None and any(
+            st in (StepState.FAILED, StepState.COMPENSATED) for st in self.state.values()
+        )
+        if not troubled:
+            if all(self.state.get(s) is StepState.COMPLETED for s in self.wf.required_steps):
+                return InstanceStatus.CONVERGED
+        else:
+            uncompensated = [
+                s.name
+                for s in self.wf.steps
+                if s.compensated_by and self.state.get(s.name) is StepState.COMPLETED
+            ]
+            if not uncompensated:
+                return InstanceStatus.COMPENSATED
+            assert self.first_failure is not None
+            if t - self.first_failure >= self.wf.grace:
+                return InstanceStatus.DIVERGED
+        if t - started_at >= self.wf.deadline:
+            return InstanceStatus.STALLED
+        return InstanceStatus.RUNNING
+
+    def timers(self, started_at: int) -> list[int]:
+        out = [started_at + self.wf.deadline]
+        if self.first_failure is not None:
+            out.append(self.first_failure + self.wf.grace)
+        return out
+
+
+def fold(
+    wf: WorkflowSpec, key: str, transitions: Iterable[Transition], now_ns: int
+) -> InstanceState:
+    """Fold the transition set of one instance into its state as of ``now_ns``.
+
+    ``transitions`` may contain duplicates and come in any order. It must not be empty.
+    """
+    order = {s.name: i for i, s in enumerate(wf.steps)}
+    unique: dict[tuple[str, ...], Transition] = {}
+    for t in transitions:  # same evidence twice (a confused client): the smallest wins, always
+        seen = unique.get(t.evidence)
+        if seen is None or t < seen:
+            unique[t.evidence] = t
+    ordered = sorted(unique.values(), key=sort_key(order))
+    if not ordered:
+        raise ValueError(f"instance {key!r} of {wf.name!r} has no transitions")
+    f = _Fold(wf)
+    started_at = ordered[0].event_time_ns
+    history: list[tuple[InstanceStatus, int]] = []
+
+    def note(status: InstanceStatus, t: int) -> None:
+        if not history or history[-1][0] is not status:
+            history.append((status, t))
+
+    for i, tr in enumerate(ordered):
+        f.apply(tr)
+        note(f.status(started_at, tr.event_time_ns), tr.event_time_ns)
+        until = ordered[i + 1].event_time_ns if i + 1 < len(ordered) else now_ns
+        for timer in sorted(f.timers(started_at)):
+            if tr.event_time_ns < timer <= until:
+                note(f.status(started_at, timer), timer)
+    status = history[-1][0]
+    converged_at = (
+        history[-1][1] if status in (InstanceStatus.CONVERGED, InstanceStatus.COMPENSATED) else None
+    )
+    steps = {
+        s.name: StepView(
+            state=f.state.get(s.name),
+            since_ns=f.since.get(s.name),
+            first_ns=dict(f.first[s.name]),
+            completions=tuple(f.completions[s.name].values()),
+            failures=tuple(f.failures[s.name].values()),
+            started_by=f.started_by.get(s.name),
+        )
+        for s in wf.steps
+    }
+    return InstanceState(
+        workflow=wf.name,
+        key=key,
+        status=status,
+        steps=steps,
+        started_at_ns=started_at,
+        updated_at_ns=ordered[-1].event_time_ns,
+        converged_at_ns=converged_at,
+        history=tuple(history),
+        trace_ids=tuple(sorted({t.trace_id for t in ordered})),
+        violations=tuple(f.violations),
+        conflicts=f.conflicts(),
+        transition_count=len(ordered),
+        first_failure_ns=f.first_failure,
+    )

@@ -1,0 +1,77 @@
+"""Builders shared by the tests (plain functions; no mocks of our own classes)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from processors.matching import CompiledModel
+from processors.model import ModelFile, load_model
+from processors.types import AttrValue, SpanEvent, SpanLink, SpanRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+ORDERS_MODEL = ROOT / "otel-config" / "models" / "orders.yaml"
+OTEL_DEMO_MODEL = ROOT / "otel-config" / "models" / "otel-demo.yaml"
+SECOND = 1_000_000_000
+T0 = 1_700_000_000 * SECOND
+
+_ids = itertools.count(1)
+
+
+def orders_model() -> ModelFile:
+    return load_model(ORDERS_MODEL)
+
+
+def compiled_orders() -> CompiledModel:
+    return CompiledModel(orders_model())
+
+
+def trace_id(n: int) -> str:
+    return f"{n:032x}"
+
+
+def span(
+    trace: int,
+    service: str,
+    name: str,
+    start: float,
+    end: float,
+    *,
+    error: bool = False,
+    attrs: dict[str, AttrValue] | None = None,
+    events: tuple[tuple[str, float], ...] = (),
+    links: tuple[tuple[int, str], ...] = (),
+    span_id: str | None = None,
+    parent: str = "",
+) -> SpanRecord:
+    """A span record; times in seconds after T0."""
+    return SpanRecord(
+        trace_id=trace_id(trace),
+        span_id=span_id or f"{next(_ids):016x}",
+        parent_span_id=parent,
+        service=service,
+        name=name,
+        start_ns=T0 + int(start * SECOND),
+        end_ns=T0 + int(end * SECOND),
+        error=error,
+        attributes=attrs or {},
+        events=tuple(SpanEvent(n, T0 + int(t * SECOND)) for n, t in events),
+        links=tuple(SpanLink(trace_id(t), s) for t, s in links),
+    )
+
+
+def order_spans(trace: int, order_id: str, *, t: float = 0.0) -> list[SpanRecord]:
+    """A happy-path order as the demo emits it: the key only on the root, which ends last."""
+    return [
+        span(trace, "checkout", "PlaceOrder", t, t + 1.0, attrs={"app.order.id": order_id}),
+        span(trace, "payment", "Charge", t + 0.1, t + 0.3),
+        span(
+            trace,
+            "inventory",
+            "Reserve",
+            t + 0.3,
+            t + 0.4,
+            events=(("inventory.reserved", t + 0.35),),
+        ),
+        span(trace, "shipping", "ShipOrder", t + 0.5, t + 0.8),
+    ]

@@ -1,0 +1,56 @@
+"""Rules of the house (DESIGN.md §2) that code review alone would let slip."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+FORBIDDEN_IN_CORE = {
+    "grpc",
+    "duckdb",
+    "streamlit",
+    "pyarrow",
+    "starlette",
+    "uvicorn",
+    "collector",
+    "analytics",
+    "app",
+}
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "processors").rglob("*.py")), ids=lambda p: p.name)
+def test_processors_stay_pure(path: Path) -> None:
+    assert imports_of(path) & FORBIDDEN_IN_CORE == set()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "app").rglob("*.py")), ids=lambda p: p.name)
+def test_app_never_imports_the_collector(path: Path) -> None:
+    assert "collector" not in imports_of(path)
+
+
+def test_only_the_cli_exits_the_process() -> None:
+    offenders = []
+    for path in sorted(ROOT.glob("*/**/*.py")):
+        if (
+            path.parts[len(ROOT.parts)] in {"tests", ".venv", "bench", "node_modules"}
+            or path.name == "cli.py"
+        ):
+            continue
+        if "sys.exit(" in path.read_text() or "os._exit(" in path.read_text():
+            offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
