@@ -1,0 +1,95 @@
+"""Run an ASGI app (Starlette) on uvicorn in a background thread, on a socket we bind ourselves.
+
+Binding first means a taken port fails at start-up with a clear :class:`ListenError` (uvicorn
+alone would log and exit the process), and port 0 works for tests: ``.port`` is the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+
+class ListenError(RuntimeError):
+    """A listener cannot bind its address."""
+
+
+def split_address(address: str, flag: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{flag}: expected HOST:PORT, got {address!r} (e.g. 127.0.0.1:4328)")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def bind(address: str, flag: str, what: str) -> socket.socket:
+    host, port = split_address(address, flag)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenError(
+            f"{what} cannot listen on {address}: {exc.strerror}. Stop the other process or choose "
+            f"another address with {flag} HOST:PORT"
+        ) from exc
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class ThreadedServer:
+    def __init__(
+        self,
+        app: Any,
+        address: str,
+        *,
+        flag: str,
+        what: str,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
+        self.what = what
+        self._sock = bind(address, flag, what)
+        self.host, self.port = self._sock.getsockname()[:2]
+        kwargs: dict[str, Any] = {}
+        if tls is not None:
+            kwargs = {
+                "ssl_certfile": tls[0],
+                "ssl_keyfile": tls[1],
+                "ssl_version": ssl.PROTOCOL_TLS_SERVER,
+            }
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+            **kwargs,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._serve, name=f"http-{what}", daemon=True)
+
+    def _serve(self) -> None:
+        asyncio.run(self._server.serve(sockets=[self._sock]))
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise ListenError(f"{self.what} did not start on {self.host}:{self.port}")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        with contextlib.suppress(OSError):
+            self._sock.close()

@@ -1,0 +1,123 @@
+"""Numbered schema migrations of the coordstate database (DESIGN.md §6: the SQL contract).
+
+Public, stable names: ``transitions``, ``instances``, ``instance_history``, ``spans``,
+``anomalies`` and the table macro ``state_at(ts)``. Tables whose names start with ``_`` are
+internal (buffers persisted for crash safety) and may change between versions.
+
+All timestamps are UTC. ``transitions.event_time`` and the span times keep OTLP's nanoseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "coordination history",
+        """
+        CREATE TABLE transitions (
+            workflow      VARCHAR NOT NULL,
+            instance_key  VARCHAR NOT NULL,
+            step          VARCHAR NOT NULL,
+            state         VARCHAR NOT NULL,   -- started | completed | failed | compensated
+            event_time    TIMESTAMP_NS NOT NULL,
+            observed_at   TIMESTAMP NOT NULL,
+            trace_id      VARCHAR NOT NULL,
+            span_id       VARCHAR NOT NULL,
+            service       VARCHAR NOT NULL,
+            source        VARCHAR NOT NULL     -- span | event:<name>
+        );
+        CREATE TABLE instances (
+            workflow       VARCHAR NOT NULL,
+            instance_key   VARCHAR NOT NULL,
+            status         VARCHAR NOT NULL,  -- running | converged | compensated | diverged | stalled
+            steps          MAP(VARCHAR, VARCHAR) NOT NULL,
+            started_at     TIMESTAMP NOT NULL,
+            updated_at     TIMESTAMP NOT NULL,
+            converged_at   TIMESTAMP,
+            open_anomalies INTEGER NOT NULL DEFAULT 0,
+            trace_ids      VARCHAR[] NOT NULL
+        );
+        CREATE TABLE instance_history (
+            workflow      VARCHAR NOT NULL,
+            instance_key  VARCHAR NOT NULL,
+            status        VARCHAR NOT NULL,
+            valid_from    TIMESTAMP NOT NULL,
+            valid_to      TIMESTAMP          -- NULL: still the status
+        );
+        CREATE TABLE spans (
+            workflow       VARCHAR NOT NULL,
+            instance_key   VARCHAR,           -- NULL when the span never got a key (unkeyed)
+            disposition    VARCHAR NOT NULL,  -- keyed | orphan | unkeyed
+            steps          VARCHAR[] NOT NULL,
+            trace_id       VARCHAR NOT NULL,
+            span_id        VARCHAR NOT NULL,
+            parent_span_id VARCHAR NOT NULL,
+            service        VARCHAR NOT NULL,
+            name           VARCHAR NOT NULL,
+            start_time     TIMESTAMP_NS NOT NULL,
+            end_time       TIMESTAMP_NS NOT NULL,
+            status         VARCHAR NOT NULL,  -- ok | error
+            attributes     MAP(VARCHAR, VARCHAR) NOT NULL,  -- only attributes the model reads
+            observed_at    TIMESTAMP NOT NULL
+        );
+        CREATE TABLE _pending (
+            workflow      VARCHAR NOT NULL,
+            trace_id      VARCHAR NOT NULL,
+            span_id       VARCHAR NOT NULL,
+            instance_key  VARCHAR,
+            arrived_ns    BIGINT NOT NULL,
+            payload       VARCHAR NOT NULL
+        );
+        CREATE TABLE _trace_keys (
+            workflow      VARCHAR NOT NULL,
+            trace_id      VARCHAR NOT NULL,
+            instance_key  VARCHAR NOT NULL,
+            learned_at    TIMESTAMP NOT NULL
+        );
+        CREATE MACRO state_at(ts) AS TABLE
+            SELECT workflow, instance_key, status, valid_from, valid_to
+            FROM instance_history
+            WHERE valid_from <= CAST(ts AS TIMESTAMP)
+              AND (valid_to IS NULL OR valid_to > CAST(ts AS TIMESTAMP));
+        """,
+    ),
+)
+
+LATEST = MIGRATIONS[-1][0]
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer coordstate."""
+
+
+def migrate(con: Any) -> int:
+    """Apply every migration the database lacks, each in its own transaction; return the version."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        "version INTEGER PRIMARY KEY, description VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+    )
+    row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    current = int(row[0]) if row else 0
+    if current > LATEST:
+        raise SchemaTooNew(
+            f"the database has schema version {current}, newer than this coordstate knows ({LATEST}); "
+            "upgrade coordstate or use another --db"
+        )
+    for version, description, sql in MIGRATIONS:
+        if version <= current:
+            continue
+        con.execute("BEGIN")
+        try:
+            con.execute(sql)
+            con.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, now()::TIMESTAMP)",
+                [version, description],
+            )
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        current = version
+    return current

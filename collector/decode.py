@@ -1,0 +1,261 @@
+"""OTLP trace requests → span records: validation, the model's projection, nothing more.
+
+The decoder walks every span once and builds a :class:`SpanRecord` only for spans the model can
+use: spans matching a step, spans with events matching a step, and spans carrying a business key
+(their trace's other spans may need it). Everything else is counted as ``unmatched`` and never
+materialised. Only the attributes in the model's projection are read.
+
+Malformed spans are rejected one by one (OTLP partial success); the rest of the request stands.
+OTLP/JSON is decoded with hex trace and span ids, as the OTLP specification says — the stock
+protobuf JSON parser would read them as base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from processors.matching import CompiledModel
+from processors.types import AttrValue, SpanEvent, SpanLink, SpanRecord
+
+STATUS_CODE_ERROR = 2
+MAX_MESSAGES = 3
+
+
+class PayloadError(ValueError):
+    """The request as a whole cannot be decoded (answered 400 / INVALID_ARGUMENT)."""
+
+
+@dataclass(slots=True)
+class Decoded:
+    records: list[SpanRecord] = field(default_factory=list)
+    received: int = 0
+    unmatched: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    messages: list[str] = field(default_factory=list)
+    #: the latest span end seen (every span, matched or not): the replay watermark
+    max_time_ns: int = 0
+
+    @property
+    def rejected_count(self) -> int:
+        return sum(self.rejected.values())
+
+    def error_message(self) -> str:
+        if not self.rejected:
+            return ""
+        more = self.rejected_count - len(self.messages)
+        tail = f" (and {more} more)" if more > 0 else ""
+        return (
+            f"rejected {self.rejected_count} of {self.received} spans: "
+            + "; ".join(self.messages)
+            + tail
+        )
+
+    def reject(self, reason: str, message: str) -> None:
+        self.rejected[reason] += 1
+        if len(self.messages) < MAX_MESSAGES:
+            self.messages.append(message)
+
+
+def _value(any_value: Any) -> AttrValue | None:
+    kind = any_value.WhichOneof("value")
+    if kind == "string_value":
+        return str(any_value.string_value)
+    if kind == "int_value":
+        return int(any_value.int_value)
+    if kind == "bool_value":
+        return bool(any_value.bool_value)
+    if kind == "double_value":
+        return float(any_value.double_value)
+    return None
+
+
+def _project(kvs: Iterable[Any], wanted: frozenset[str]) -> dict[str, AttrValue]:
+    out: dict[str, AttrValue] = {}
+    if not wanted:
+        return out
+    for kv in kvs:
+        if kv.key in wanted:
+            value = _value(kv.value)
+            if value is not None:
+                out[kv.key] = value
+    return out
+
+
+def _service(resource: Any) -> str:
+    for kv in resource.attributes:
+        if kv.key == "service.name":
+            return str(kv.value.string_value) or "unknown_service"
+    return "unknown_service"
+
+
+def _problem(sp: Any) -> tuple[str, str] | None:
+    if len(sp.trace_id) != 16 or sp.trace_id == bytes(16):
+        return (
+            "invalid_trace_id",
+            f"span {sp.name!r}: trace_id must be 16 non-zero bytes (got {len(sp.trace_id)})",
+        )
+    if len(sp.span_id) != 8 or sp.span_id == bytes(8):
+        return (
+            "invalid_span_id",
+            f"span {sp.name!r}: span_id must be 8 non-zero bytes (got {len(sp.span_id)})",
+        )
+    if sp.parent_span_id and len(sp.parent_span_id) != 8:
+        return (
+            "invalid_parent_span_id",
+            f"span {sp.name!r}: parent_span_id must be empty or 8 bytes",
+        )
+    if sp.end_time_unix_nano < sp.start_time_unix_nano:
+        return (
+            "end_before_start",
+            f"span {sp.name!r}: end_time_unix_nano is before start_time_unix_nano",
+        )
+    if sp.start_time_unix_nano == 0:
+        return "missing_start_time", f"span {sp.name!r}: start_time_unix_nano is 0"
+    return None
+
+
+def decode_request(request: ExportTraceServiceRequest, model: CompiledModel) -> Decoded:
+    """Validate and project every span of a parsed request."""
+    out = Decoded()
+    wanted = model.projection
+    key_attrs = model.key_attributes
+    for rs in request.resource_spans:
+        service = _service(rs.resource)
+        res_attrs = _project(rs.resource.attributes, wanted)
+        res_has_key = any(k in res_attrs for k in key_attrs)
+        has_event_steps = model.service_has_events(service)
+        for ss in rs.scope_spans:
+            for sp in ss.spans:
+                out.received += 1
+                problem = _problem(sp)
+                if problem is not None:
+                    out.reject(*problem)
+                    continue
+                if sp.end_time_unix_nano > out.max_time_ns:
+                    out.max_time_ns = sp.end_time_unix_nano
+                steps = model.span_steps(service, sp.name)
+                attrs = _project(sp.attributes, wanted)
+                events = (
+                    _events(sp, service, model, wanted) if has_event_steps and sp.events else ()
+                )
+                if (
+                    not steps
+                    and not events
+                    and not res_has_key
+                    and not any(k in attrs for k in key_attrs)
+                ):
+                    out.unmatched += 1
+                    continue
+                out.records.append(
+                    SpanRecord(
+                        trace_id=sp.trace_id.hex(),
+                        span_id=sp.span_id.hex(),
+                        parent_span_id=sp.parent_span_id.hex(),
+                        service=service,
+                        name=sp.name,
+                        start_ns=sp.start_time_unix_nano,
+                        end_ns=sp.end_time_unix_nano,
+                        error=sp.status.code == STATUS_CODE_ERROR,
+                        attributes=attrs,
+                        resource_attributes=res_attrs,
+                        events=events,
+                        links=tuple(
+                            SpanLink(link.trace_id.hex(), link.span_id.hex())
+                            for link in sp.links
+                            if len(link.trace_id) == 16
+                        ),
+                    )
+                )
+    return out
+
+
+def _events(
+    sp: Any, service: str, model: CompiledModel, wanted: frozenset[str]
+) -> tuple[SpanEvent, ...]:
+    return tuple(
+        SpanEvent(
+            ev.name, ev.time_unix_nano or sp.end_time_unix_nano, _project(ev.attributes, wanted)
+        )
+        for ev in sp.events
+        if model.event_steps(service, ev.name)
+    )
+
+
+def parse_protobuf(payload: bytes) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    try:
+        request.ParseFromString(payload)
+    except (DecodeError, RecursionError) as exc:
+        raise PayloadError(f"not a valid OTLP protobuf ExportTraceServiceRequest: {exc}") from exc
+    return request
+
+
+_ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
+
+
+def _hex_ids_to_base64(obj: dict[str, Any]) -> None:
+    for name in _ID_FIELDS:
+        value = obj.get(name)
+        if isinstance(value, str) and value:
+            try:
+                obj[name] = base64.b64encode(bytes.fromhex(value)).decode()
+            except ValueError:
+                # Not hex: leave an id of the wrong length so that this span alone is rejected.
+                obj[name] = base64.b64encode(b"\x00").decode()
+
+
+def parse_json(payload: bytes | str) -> ExportTraceServiceRequest:
+    """OTLP/JSON (hex ids, camelCase or snake_case field names, integer enums)."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError(f"not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PayloadError("OTLP/JSON must be an object with a resourceSpans array")
+    for rs in _list(data, "resourceSpans", "resource_spans"):
+        for ss in _list(rs, "scopeSpans", "scope_spans"):
+            for sp in _list(ss, "spans"):
+                if isinstance(sp, dict):
+                    _hex_ids_to_base64(sp)
+                    for link in _list(sp, "links"):
+                        if isinstance(link, dict):
+                            _hex_ids_to_base64(link)
+    request = ExportTraceServiceRequest()
+    try:
+        json_format.ParseDict(data, request, ignore_unknown_fields=True)
+    except (json_format.ParseError, binascii.Error, RecursionError, TypeError, ValueError) as exc:
+        raise PayloadError(f"not a valid OTLP/JSON ExportTraceServiceRequest: {exc}") from exc
+    return request
+
+
+def _list(obj: Any, *names: str) -> Sequence[Any]:
+    if not isinstance(obj, dict):
+        return ()
+    for name in names:
+        value = obj.get(name)
+        if isinstance(value, list):
+            return value
+    return ()
+
+
+def to_json(request: ExportTraceServiceRequest) -> dict[str, Any]:
+    """Protobuf → OTLP/JSON (hex ids), e.g. for the file format written by ``replay`` tests."""
+    data: dict[str, Any] = json_format.MessageToDict(request)
+    for rs in data.get("resourceSpans", []):
+        for ss in rs.get("scopeSpans", []):
+            for sp in ss.get("spans", []):
+                for obj in (sp, *sp.get("links", [])):
+                    for name in ("traceId", "spanId", "parentSpanId"):
+                        if name in obj:
+                            obj[name] = base64.b64decode(obj[name]).hex()
+    return data

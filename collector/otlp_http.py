@@ -1,0 +1,141 @@
+"""OTLP/HTTP receiver: ``POST /v1/traces`` with ``application/x-protobuf`` or ``application/json``.
+
+Per the OTLP/HTTP specification: gzip request bodies, chunked bodies without Content-Length,
+responses in the request's encoding, partial success, errors as a ``google.rpc.Status`` body,
+``400`` (bad payload), ``401`` (token), ``413`` (too large), ``415`` (content type) and ``503``
+with ``Retry-After`` when overloaded or unable to commit (retryable).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import zlib
+from collections.abc import Callable
+
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from collector.decode import parse_json, parse_protobuf
+from collector.intake import Intake, IntakeError, Overloaded, PayloadError, Unavailable
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _error(
+    status: int, message: str, content_type: str, retry_after: int | None = None
+) -> Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    if content_type == JSON:
+        body = json.dumps({"code": status, "message": message}).encode()
+    else:
+        body = status_pb2.Status(code=status, message=message).SerializeToString()
+        content_type = PROTOBUF
+    return Response(body, status_code=status, media_type=content_type, headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits=47)  # gzip or zlib header, auto-detected
+    out = inflater.decompress(body, limit + 1)
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise _TooLarge
+    return out
+
+
+def build_app(
+    intake: Intake, *, token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES
+) -> Starlette:
+    async def export(request: Request) -> Response:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in (PROTOBUF, JSON):
+            return _error(
+                415,
+                f"unsupported Content-Type {ctype or '(none)'!r}: send {PROTOBUF} or {JSON}",
+                PROTOBUF,
+            )
+        if token is not None:
+            sent = request.headers.get("authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+                intake.telemetry.add("requests_unauthenticated")
+                return _error(
+                    401, "missing or wrong bearer token in the Authorization header", ctype
+                )
+        try:
+            body = await _read_body(request, max_body_bytes)
+            encoding = request.headers.get("content-encoding", "identity").strip().lower()
+            if encoding == "gzip":
+                body = _gunzip(body, max_body_bytes)
+            elif encoding not in ("identity", ""):
+                return _error(
+                    415, f"unsupported Content-Encoding {encoding!r}: send gzip or none", ctype
+                )
+        except _TooLarge:
+            return _error(
+                413, f"request body larger than {max_body_bytes} bytes; send smaller batches", ctype
+            )
+        except zlib.error as exc:
+            return _error(400, f"the body is not valid gzip: {exc}", ctype)
+        parse: Callable[[bytes], ExportTraceServiceRequest] = (
+            parse_json if ctype == JSON else parse_protobuf
+        )
+        try:
+            outcome = await run_in_threadpool(intake.accept, body, parse)
+        except PayloadError as exc:
+            return _error(400, str(exc), ctype)
+        except (Overloaded, Unavailable) as exc:
+            return _error(503, str(exc), ctype, retry_after=exc.retry_after_s)
+        except IntakeError as exc:  # pragma: no cover - every subclass is handled above
+            return _error(500, str(exc), ctype)
+        response = ExportTraceServiceResponse()
+        if outcome.rejected:
+            response.partial_success.rejected_spans = outcome.rejected
+            response.partial_success.error_message = outcome.error_message
+        if ctype == JSON:
+            payload = {}
+            if outcome.rejected:
+                payload = {
+                    "partialSuccess": {
+                        "rejectedSpans": str(outcome.rejected),
+                        "errorMessage": outcome.error_message,
+                    }
+                }
+            return Response(json.dumps(payload).encode(), media_type=JSON)
+        return Response(response.SerializeToString(), media_type=PROTOBUF)
+
+    async def not_allowed(request: Request) -> Response:
+        return Response("use POST /v1/traces", status_code=405, headers={"Allow": "POST"})
+
+    return Starlette(
+        routes=[
+            Route("/v1/traces", export, methods=["POST"]),
+            Route("/v1/traces", not_allowed, methods=["GET", "PUT", "DELETE"]),
+        ]
+    )

@@ -1,0 +1,43 @@
+"""Shared fixtures: a real coordstate service on free ports with a DuckDB file in tmp_path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from collector.service import ServeConfig, Service
+from tests.helpers import ORDERS_MODEL
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "coordstate.duckdb"
+
+
+@pytest.fixture
+def service(db_path: Path) -> Iterator[Service]:
+    svc = Service(
+        ServeConfig(
+            model=str(ORDERS_MODEL),
+            db=str(db_path),
+            otlp_grpc="127.0.0.1:0",
+            otlp_http="127.0.0.1:0",
+        )
+    )
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def query(db: Path, sql: str) -> list[tuple[object, ...]]:
+    """Read the database file after the service stopped (read-only, as a user would)."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
