@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 
 RESTORE_TRACE_KEYS = 200_000
 
+# DuckDB shares one database instance per file inside a process, so its file lock cannot stop a
+# second Store here from becoming a second writer: this registry does.
+_OPEN_PATHS: set[str] = set()
+_OPEN_LOCK = threading.Lock()
+
 
 class StoreError(Exception):
     """Base of the store's errors.
@@ -123,13 +128,24 @@ class Store:
         self._last: dict[InstanceId, tuple[str, int]] = {}
         self._idle = threading.Condition()
         self._inflight = 0
+        self._real_path = ""
 
     # -- lifecycle ------------------------------------------------------------------------
     def open(self) -> None:
         """Open (or create) the database, migrate, rebuild state, start the writer."""
+        real = str(Path(self.path).resolve())
+        with _OPEN_LOCK:
+            if real in _OPEN_PATHS:
+                raise StoreOpenError(
+                    f"cannot open the database {self.path}: this process already serves it. "
+                    "Is another coordstate serving it? Stop it, or pass another --db"
+                )
+            _OPEN_PATHS.add(real)
+        self._real_path = real
         try:
             self._con = duckdb.connect(self.path)
-        except duckdb.IOException as exc:
+        except duckdb.Error as exc:
+            self._release_path()
             raise StoreOpenError(
                 f"cannot open the database {self.path}: {exc}. Is another coordstate serving it? "
                 "Stop it, or pass another --db"
@@ -138,6 +154,8 @@ class Store:
             migrate(self._con)
         except Exception as exc:
             self._con.close()
+            self._con = None
+            self._release_path()
             raise StoreOpenError(f"cannot prepare the database {self.path}: {exc}") from exc
         self._reader_parent = self._con.cursor()
         self._restore()
@@ -159,6 +177,11 @@ class Store:
         if self._con is not None:
             self._con.close()
             self._con = None
+        self._release_path()
+
+    def _release_path(self) -> None:
+        with _OPEN_LOCK:
+            _OPEN_PATHS.discard(getattr(self, "_real_path", ""))
 
     def __enter__(self) -> Store:
         self.open()

@@ -35,6 +35,12 @@ DEFAULT_MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024
 class StartError(RuntimeError):
     """The service cannot start; the message says why and what to do."""
 
+    exit_code = 1
+
+
+class BadModel(StartError):
+    exit_code = 2
+
 
 @dataclass(frozen=True, slots=True)
 class ServeConfig:
@@ -51,7 +57,7 @@ def load_compiled(path: str) -> CompiledModel:
     try:
         return CompiledModel(load_model(path))
     except ModelError as exc:
-        raise StartError(f"the model is not valid:\n{exc}") from exc
+        raise BadModel(f"the model is not valid:\n{exc}") from exc
 
 
 class Service:

@@ -156,12 +156,6 @@ class WorkflowSpec(_Strict):
     conflicts: tuple[tuple[str, str], ...] = ()
     actions: dict[AnomalyKind, str] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _has_steps(self) -> WorkflowSpec:
-        if not self.steps:
-            raise PydanticCustomError("steps", "a workflow needs at least one step")
-        return self
-
     def step(self, name: str) -> StepSpec:
         for step in self.steps:
             if step.name == name:
@@ -182,12 +176,6 @@ class ModelFile(_Strict):
     workflows: tuple[WorkflowSpec, ...]
     #: Attributes stored besides the ones the model reads (everything else is never stored).
     allow_attributes: tuple[str, ...] = ()
-
-    @model_validator(mode="after")
-    def _has_workflows(self) -> ModelFile:
-        if not self.workflows:
-            raise PydanticCustomError("workflows", "declare at least one workflow")
-        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +272,8 @@ def _problem(err: Any) -> ModelProblem:
 
 def semantic_problems(model: ModelFile) -> Iterable[ModelProblem]:
     """Checks across keys: references to steps and states, cycles, duplicates, templates."""
+    if not model.workflows:
+        yield ModelProblem("workflows", "declare at least one workflow")
     seen_workflows: dict[str, int] = {}
     for wi, wf in enumerate(model.workflows):
         base = f"workflows[{wi}]"
@@ -298,6 +288,8 @@ def semantic_problems(model: ModelFile) -> Iterable[ModelProblem]:
 
 
 def _workflow_problems(wf: WorkflowSpec, base: str) -> Iterable[ModelProblem]:
+    if not wf.steps:
+        yield ModelProblem(f"{base}.steps", "a workflow needs at least one step")
     index: dict[str, int] = {}
     for si, step in enumerate(wf.steps):
         if step.name in index:

@@ -5,11 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import grpc
 from opentelemetry.exporter.otlp.json.http.trace_exporter import (
     OTLPSpanExporter as JsonHttpExporter,
 )
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
@@ -91,3 +98,28 @@ def place_order(
             otel_context.detach(token)
         root.set_attribute("app.order.id", order_id)
         return f"{root.get_span_context().trace_id:032x}"
+
+
+def recorded_order(order_id: str, *, fail_payment: bool = False) -> tuple[list[ReadableSpan], str]:
+    """Record one order's spans (as the SDK finished them) without sending anything."""
+    rec = Recording()
+    trace_id = place_order(
+        dict.fromkeys(("checkout", "payment", "inventory", "shipping"), rec),
+        order_id,
+        fail_payment=fail_payment,
+    )
+    return rec.spans, trace_id
+
+
+def encode(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
+    """The SDK's own OTLP protobuf encoder."""
+    return encode_spans(spans)
+
+
+def grpc_export(
+    endpoint: str, request: ExportTraceServiceRequest, *, timeout: float = 10, **kw: object
+) -> ExportTraceServiceResponse:
+    """Send one raw request with a plain gRPC stub (to read the response and status details)."""
+    with grpc.insecure_channel(endpoint) as channel:
+        stub = TraceServiceStub(channel)
+        return stub.Export(request, timeout=timeout, **kw)  # type: ignore[no-any-return]

@@ -1,0 +1,142 @@
+"""The OTLP/HTTP receiver: content types, encodings, status codes, hex ids in JSON."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from google.rpc import status_pb2
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from collector.decode import parse_json, to_json
+from collector.service import Service
+from tests.conftest import query
+from tests.otel_clients import encode, http_exporter, recorded_order
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+
+PB = {"Content-Type": "application/x-protobuf"}
+
+
+def url(service: Service) -> str:
+    return service.http_endpoint + "/v1/traces"
+
+
+def test_gzip_protobuf_from_the_sdk(service: Service, db_path: Path) -> None:
+    spans, trace_id = recorded_order("order-gz")
+    exporter = http_exporter(service.http_endpoint, compression=Compression.Gzip)
+    assert exporter.export(spans) == SpanExportResult.SUCCESS
+    service.stop()
+    assert query(db_path, "SELECT DISTINCT trace_id FROM transitions") == [(trace_id,)]
+
+
+def test_json_ids_are_hex_not_base64(service: Service, db_path: Path) -> None:
+    """The stock protobuf JSON parser would read '5b8efff798038103d269b633813fc60c' as base64."""
+    spans, trace_id = recorded_order("order-json")
+    body = json.dumps(to_json(encode(spans)))
+    assert trace_id in body
+    response = httpx.post(url(service), content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {}
+    service.stop()
+    assert query(db_path, "SELECT DISTINCT trace_id FROM transitions") == [(trace_id,)]
+    span_ids = {s.context.span_id.to_bytes(8, "big").hex() for s in spans}
+    assert {r[0] for r in query(db_path, "SELECT span_id FROM spans")} == span_ids
+
+
+def test_json_parser_reads_hex_ids() -> None:
+    request = parse_json(
+        b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c",'
+        b'"spanId":"eee19b7ec3c1b174","name":"x","startTimeUnixNano":"1","endTimeUnixNano":"2"}]}]}]}'
+    )
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    assert span.trace_id.hex() == "5b8efff798038103d269b633813fc60c"
+    assert span.span_id.hex() == "eee19b7ec3c1b174"
+
+
+def test_chunked_body_without_content_length(service: Service, db_path: Path) -> None:
+    spans, _ = recorded_order("order-chunked")
+    payload = encode(spans).SerializeToString()
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(payload), 100):
+            yield payload[i : i + 100]
+
+    response = httpx.post(url(service), content=chunks(), headers=PB)
+    assert response.status_code == 200
+    assert response.request.headers.get("transfer-encoding") == "chunked"
+    assert "content-length" not in response.request.headers
+    assert ExportTraceServiceResponse.FromString(response.content) == ExportTraceServiceResponse()
+    service.stop()
+    assert query(db_path, "SELECT status FROM instances") == [("converged",)]
+
+
+def test_partial_success_in_json(service: Service) -> None:
+    spans, _ = recorded_order("order-partial")
+    data = to_json(encode(spans))
+    data["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["spanId"] = "not-hex!"
+    response = httpx.post(
+        url(service), content=json.dumps(data), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["partialSuccess"]["rejectedSpans"] == "1"
+    assert "span_id must be 8 non-zero bytes (got 1)" in body["partialSuccess"]["errorMessage"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "content", "status", "message"),
+    [
+        ({"Content-Type": "text/plain"}, b"hello", 415, "unsupported Content-Type 'text/plain'"),
+        (PB, b"\xff\xff\xff", 400, "not a valid OTLP protobuf ExportTraceServiceRequest"),
+        ({**PB, "Content-Encoding": "gzip"}, b"not gzip at all", 400, "the body is not valid gzip"),
+        ({**PB, "Content-Encoding": "br"}, b"x", 415, "unsupported Content-Encoding 'br'"),
+    ],
+)
+def test_bad_requests_get_a_clear_status(
+    service: Service, headers: dict[str, str], content: bytes, status: int, message: str
+) -> None:
+    response = httpx.post(url(service), content=content, headers=headers)
+    assert response.status_code == status
+    assert message in status_pb2.Status.FromString(response.content).message
+
+
+def test_bad_json_answers_400_in_json(service: Service) -> None:
+    response = httpx.post(
+        url(service), content=b"{nope", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["message"].startswith("not valid JSON")
+
+
+def test_too_large_is_413_also_when_gzipped(service: Service) -> None:
+    bomb = gzip.compress(b"\x00" * (65 * 1024 * 1024))
+    response = httpx.post(
+        url(service), content=bomb, headers={**PB, "Content-Encoding": "gzip"}, timeout=30
+    )
+    assert response.status_code == 413
+    assert "larger than 67108864 bytes" in status_pb2.Status.FromString(response.content).message
+
+
+def test_overload_is_503_with_retry_after(service: Service) -> None:
+    admission = service.intake.admission
+    admission.max_bytes = 10
+    assert admission.try_acquire(10)
+    spans, _ = recorded_order("order-busy")
+    response = httpx.post(url(service), content=encode(spans).SerializeToString(), headers=PB)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    admission.release(10)
+
+
+def test_get_is_405(service: Service) -> None:
+    response = httpx.get(url(service))
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
