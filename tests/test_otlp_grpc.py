@@ -107,7 +107,7 @@ def test_a_six_megabyte_request_is_accepted(service: Service, db_path: Path) -> 
 
 
 def test_malformed_spans_are_rejected_individually(service: Service, db_path: Path) -> None:
-    spans, trace_id = recorded_order("order-3")
+    spans, _ = recorded_order("order-3")
     request = encode(spans)
     scope = request.resource_spans[0].scope_spans[0]
     bad = scope.spans.add()
