@@ -187,10 +187,10 @@ class Processor:
             by_wf: dict[str, list[Candidate]] = {}
             for c in cands:
                 by_wf.setdefault(c.workflow, []).append(c)
-            for workflow in by_wf:
+            for workflow, wf_cands in by_wf.items():
                 corr = self._wf[workflow]
                 key = self.model.key_of(corr.wf, span) or corr.inherited(span)
-                self._place(PendingSpan(workflow, span, now_ns, key), now_ns, out)
+                self._place(PendingSpan(workflow, span, now_ns, key), now_ns, out, wf_cands)
         self._evict_overflow(now_ns, out)
         return out
 
@@ -208,17 +208,20 @@ class Processor:
         return out
 
     # -- internals ----------------------------------------------------------------------
-    def _place(self, p: PendingSpan, now_ns: int, out: StepResult) -> None:
+    def _place(
+        self, p: PendingSpan, now_ns: int, out: StepResult, cands: list[Candidate] | None = None
+    ) -> None:
         corr = self._wf[p.workflow]
         if p.key is None:
             self._park(p, out)
             return
         instance = (p.workflow, p.key)
-        steps = {c.step for c in self._cands(p)}
-        if instance not in self.table and not steps & set(corr.wf.start_steps):
+        if cands is None:
+            cands = self._cands(p)
+        if instance not in self.table and not any(c.step in corr.wf.start_steps for c in cands):
             self._park(p, out)
             return
-        self._emit(p, p.key, "keyed", out)
+        self._emit(p, p.key, "keyed", out, cands)
         if instance not in self.table:
             return
         waiting = corr.by_key.pop(p.key, {})
@@ -229,8 +232,16 @@ class Processor:
     def _cands(self, p: PendingSpan) -> list[Candidate]:
         return [c for c in self.model.candidates(p.span) if c.workflow == p.workflow]
 
-    def _emit(self, p: PendingSpan, key: str, disposition: str, out: StepResult) -> None:
-        cands = self._cands(p)
+    def _emit(
+        self,
+        p: PendingSpan,
+        key: str,
+        disposition: str,
+        out: StepResult,
+        cands: list[Candidate] | None = None,
+    ) -> None:
+        if cands is None:
+            cands = self._cands(p)
         transitions = [
             Transition(
                 p.workflow,

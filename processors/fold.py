@@ -89,30 +89,70 @@ def sort_key(wf_order: Mapping[str, int]) -> Callable[[Transition], tuple[int, i
     return key
 
 
-class _Fold:
-    """Mutable scratchpad of one fold; never escapes :func:`fold`."""
+class _Plan:
+    """What a fold needs from a workflow, parsed once per workflow (not once per fold)."""
 
     def __init__(self, wf: WorkflowSpec) -> None:
         self.wf = wf
+        self.order = {s.name: i for i, s in enumerate(wf.steps)}
+        self.comp_of: dict[str, tuple[str, ...]] = {}
+        for s in wf.steps:
+            if s.compensated_by:
+                self.comp_of[s.compensated_by] = (*self.comp_of.get(s.compensated_by, ()), s.name)
+        self.requires = {
+            s.name: tuple(
+                (r.partition(".")[0], StepState(r.partition(".")[2] or "completed"))
+                for r in s.requires
+            )
+            for s in wf.steps
+        }
+        self.conflicts = tuple(
+            (
+                a,
+                b,
+                a.partition(".")[0],
+                StepState(a.partition(".")[2]),
+                b.partition(".")[0],
+                StepState(b.partition(".")[2]),
+            )
+            for a, b in wf.conflicts
+        )
+        self.required = wf.required_steps
+        self.compensable = tuple(s.name for s in wf.steps if s.compensated_by)
+        self.sort_key = sort_key(self.order)
+
+
+_PLANS: dict[int, _Plan] = {}
+
+
+def _plan(wf: WorkflowSpec) -> _Plan:
+    plan = _PLANS.get(id(wf))
+    if plan is None or plan.wf is not wf:
+        if len(_PLANS) > 1024:
+            _PLANS.clear()
+        plan = _PLANS[id(wf)] = _Plan(wf)
+    return plan
+
+
+_TROUBLE = (StepState.FAILED, StepState.COMPENSATED)
+
+
+class _Fold:
+    """Mutable scratchpad of one fold; never escapes :func:`fold`."""
+
+    def __init__(self, plan: _Plan) -> None:
+        self.plan = plan
+        self.wf = plan.wf
         self.state: dict[str, StepState] = {}
         self.since: dict[str, int] = {}
-        self.first: dict[str, dict[StepState, int]] = {s.name: {} for s in wf.steps}
-        self.completions: dict[str, dict[str, Evidence]] = {s.name: {} for s in wf.steps}
-        self.failures: dict[str, dict[str, Evidence]] = {s.name: {} for s in wf.steps}
+        self.first: dict[str, dict[StepState, int]] = {s: {} for s in plan.order}
+        self.completions: dict[str, dict[str, Evidence]] = {s: {} for s in plan.order}
+        self.failures: dict[str, dict[str, Evidence]] = {s: {} for s in plan.order}
         self.started_by: dict[str, Evidence] = {}
         self.violations: list[OrderViolation] = []
         self.first_failure: int | None = None
-        self.comp_of: dict[str, list[str]] = {}
-        for s in wf.steps:
-            if s.compensated_by:
-                self.comp_of.setdefault(s.compensated_by, []).append(s.name)
-        self.requires = {
-            s.name: [
-                (r.partition(".")[0], StepState(r.partition(".")[2] or "completed"))
-                for r in s.requires
-            ]
-            for s in wf.steps
-        }
+        self.comp_of = plan.comp_of
+        self.requires = plan.requires
 
     def set(self, step: str, state: StepState, t: int) -> None:
         self.state[step] = state
@@ -139,29 +179,27 @@ class _Fold:
                 if self.state.get(target) is StepState.COMPLETED:
                     self.set(target, StepState.COMPENSATED, tr.event_time_ns)
 
-    def holds(self, ref: str) -> bool:
-        step, _, state = ref.partition(".")
-        return self.state.get(step) is StepState(state)
-
     def conflicts(self) -> tuple[tuple[str, str], ...]:
-        return tuple((a, b) for a, b in self.wf.conflicts if self.holds(a) and self.holds(b))
+        get = self.state.get
+        return tuple(
+            (a, b)
+            for a, b, sa, xa, sb, xb in self.plan.conflicts
+            if get(sa) is xa and get(sb) is xb
+        )
 
     def status(self, started_at: int, t: int) -> InstanceStatus:
-        if self.conflicts():
-            return InstanceStatus.DIVERGED
+        get = self.state.get
+        for _, _, sa, xa, sb, xb in self.plan.conflicts:
+            if get(sa) is xa and get(sb) is xb:
+                return InstanceStatus.DIVERGED
         troubled = self.first_failure is not None and any(
-            st in (StepState.FAILED, StepState.COMPENSATED) for st in self.state.values()
+            st in _TROUBLE for st in self.state.values()
         )
         if not troubled:
-            if all(self.state.get(s) is StepState.COMPLETED for s in self.wf.required_steps):
+            if all(get(s) is StepState.COMPLETED for s in self.plan.required):
                 return InstanceStatus.CONVERGED
         else:
-            uncompensated = [
-                s.name
-                for s in self.wf.steps
-                if s.compensated_by and self.state.get(s.name) is StepState.COMPLETED
-            ]
-            if not uncompensated:
+            if not any(get(s) is StepState.COMPLETED for s in self.plan.compensable):
                 return InstanceStatus.COMPENSATED
             assert self.first_failure is not None
             if t - self.first_failure >= self.wf.grace:
@@ -184,16 +222,16 @@ def fold(
 
     ``transitions`` may contain duplicates and come in any order. It must not be empty.
     """
-    order = {s.name: i for i, s in enumerate(wf.steps)}
+    plan = _plan(wf)
     unique: dict[tuple[str, ...], Transition] = {}
     for t in transitions:  # same evidence twice (a confused client): the smallest wins, always
         seen = unique.get(t.evidence)
         if seen is None or t < seen:
             unique[t.evidence] = t
-    ordered = sorted(unique.values(), key=sort_key(order))
+    ordered = sorted(unique.values(), key=plan.sort_key)
     if not ordered:
         raise ValueError(f"instance {key!r} of {wf.name!r} has no transitions")
-    f = _Fold(wf)
+    f = _Fold(plan)
     started_at = ordered[0].event_time_ns
     history: list[tuple[InstanceStatus, int]] = []
 
