@@ -85,6 +85,67 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     ),
 )
 
+MIGRATIONS += (
+    (
+        2,
+        "observer: anomalies, convergence",
+        """
+        CREATE TABLE anomalies (
+            anomaly_id       VARCHAR NOT NULL,
+            workflow         VARCHAR NOT NULL,
+            instance_key     VARCHAR NOT NULL,
+            kind             VARCHAR NOT NULL,  -- missing_step | out_of_order | duplicate_action | ...
+            step             VARCHAR NOT NULL,
+            severity         VARCHAR NOT NULL,  -- warning | critical
+            opened_at        TIMESTAMP NOT NULL,
+            resolved_at      TIMESTAMP,         -- NULL: still open
+            message          VARCHAR NOT NULL,
+            suggested_action VARCHAR NOT NULL,
+            evidence         STRUCT(trace_id VARCHAR, span_id VARCHAR, what VARCHAR)[] NOT NULL,
+            detected_at      TIMESTAMP NOT NULL
+        );
+        -- time each instance spent with at least one open anomaly (overlaps merged)
+        CREATE VIEW anomaly_time AS
+        WITH a AS (
+            SELECT workflow, instance_key, opened_at AS s, coalesce(resolved_at, now()::TIMESTAMP) AS e
+            FROM anomalies
+        ), b AS (
+            SELECT *, max(e) OVER (PARTITION BY workflow, instance_key ORDER BY s, e
+                                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_e
+            FROM a
+        ), c AS (
+            SELECT *, sum(CASE WHEN prev_e IS NULL OR s > prev_e THEN 1 ELSE 0 END)
+                      OVER (PARTITION BY workflow, instance_key ORDER BY s, e) AS island
+            FROM b
+        ), d AS (
+            SELECT workflow, instance_key, island, min(s) AS s, max(e) AS e FROM c GROUP BY ALL
+        )
+        SELECT workflow, instance_key, sum(epoch(e - s)) AS seconds_with_open_anomaly
+        FROM d GROUP BY ALL;
+        -- convergence per workflow and time window, e.g. SELECT * FROM convergence(INTERVAL 1 MINUTE)
+        CREATE MACRO convergence(bucket) AS TABLE
+            SELECT i.workflow,
+                   time_bucket(bucket, i.started_at) AS window_start,
+                   count(*) AS started,
+                   count(*) FILTER (WHERE i.status = 'converged') AS converged,
+                   count(*) FILTER (WHERE i.status = 'compensated') AS compensated,
+                   count(*) FILTER (WHERE i.status = 'diverged') AS diverged,
+                   count(*) FILTER (WHERE i.status = 'stalled') AS stalled,
+                   count(*) FILTER (WHERE i.status = 'running') AS running,
+                   round(count(*) FILTER (WHERE i.status IN ('converged', 'compensated')) / count(*), 4)
+                       AS convergence_rate,
+                   quantile_cont(epoch(i.converged_at - i.started_at), 0.50) AS p50_seconds,
+                   quantile_cont(epoch(i.converged_at - i.started_at), 0.95) AS p95_seconds,
+                   quantile_cont(epoch(i.converged_at - i.started_at), 0.99) AS p99_seconds,
+                   coalesce(sum(t.seconds_with_open_anomaly), 0) AS seconds_with_open_anomaly
+            FROM instances i
+            LEFT JOIN anomaly_time t USING (workflow, instance_key)
+            GROUP BY ALL
+            ORDER BY window_start, workflow;
+        """,
+    ),
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import duckdb
 
 from analytics import rows
+from analytics.observer import Observer
 from analytics.schema import migrate
 from analytics.telemetry import Telemetry
 from processors.clock import Clock
@@ -77,7 +78,7 @@ class CommitReceipt:
     transitions: int
 
 
-class Observer(Protocol):
+class ObserverProtocol(Protocol):
     """Runs inside the writer's transaction after each batch and tick (see analytics.observer)."""
 
     def restore(self, con: Any) -> None: ...
@@ -108,7 +109,7 @@ class Store:
         *,
         max_batch_spans: int = 50_000,
         tick_interval_s: float | None = 0.5,
-        observer: Observer | None = None,
+        observer: ObserverProtocol | None = None,
     ) -> None:
         self.path = str(path)
         self.model = model
@@ -116,7 +117,9 @@ class Store:
         self.telemetry = telemetry or Telemetry()
         self.max_batch_spans = max_batch_spans
         self.tick_interval_s = tick_interval_s
-        self.observer = observer
+        self.observer: ObserverProtocol = (
+            observer if observer is not None else Observer(model, self.telemetry)
+        )
         self._queue: queue.Queue[_Request | object] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._con: Any = None
@@ -309,10 +312,8 @@ class Store:
         table = self._processor.table
         states = [table.state(i, now) for i in sorted(result.touched)]
         for inst in sorted(due - result.touched):
-            if inst in table:
-                state = table.state(inst, now)
-                if self._last.get(inst) != (state.status.value, len(state.history)):
-                    states.append(state)
+            if inst in table:  # a deadline or grace timer fell due: status or anomalies may change
+                states.append(table.state(inst, now))
         delete, insert = self._processor.pending_delta(result)
         con = self._con
         try:
@@ -424,8 +425,7 @@ class Store:
         ]
         self._processor.restore(keys, pending)
         now = self.clock.now_ns()
-        if self.observer is not None:
-            self.observer.restore(con)
+        self.observer.restore(con)
         stored = {
             (r[0], r[1]): (str(r[2]), int(r[3]))
             for r in con.execute(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from processors.matching import CompiledModel
-from processors.model import ModelFile, format_duration
+from processors.model import ModelFile, format_duration, matchers
 
 
 def summarize(source: str, model: ModelFile) -> str:
@@ -17,8 +17,12 @@ def summarize(source: str, model: ModelFile) -> str:
             f"deadline {format_duration(wf.deadline)}, grace {format_duration(wf.grace)}"
         )
         for step in wf.steps:
-            m = step.match
-            what = f"span {m.span!r}" if m.span is not None else f"event {m.event!r}"
+            what = " or ".join(
+                f"{m.service or '*'} / "
+                + (f"span {m.span!r}" if m.span is not None else f"event {m.event!r}")
+                + (f" → {m.state.value}" if m.state else "")
+                for m in matchers(step)
+            )
             flags = []
             if step.name in wf.start_steps:
                 flags.append("start")
@@ -29,7 +33,7 @@ def summarize(source: str, model: ModelFile) -> str:
             if step.compensated_by:
                 flags.append(f"compensated by {step.compensated_by}")
             extra = f" [{'; '.join(flags)}]" if flags else ""
-            lines.append(f"    - {step.name}: {m.service or '*'} / {what}{extra}")
+            lines.append(f"    - {step.name}: {what}{extra}")
         for a, b in wf.conflicts:
             lines.append(f"    conflict: {a} with {b}")
     lines.append(f"  attributes read: {', '.join(sorted(compiled.projection)) or 'none'}")

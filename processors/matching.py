@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from processors.model import ModelFile, StepSpec, WorkflowSpec
+from processors.model import MatchSpec, ModelFile, StepSpec, WorkflowSpec, matchers
 from processors.types import AttrValue, SpanEvent, SpanRecord, StepState
 
 _CACHE_LIMIT = 50_000
@@ -54,14 +54,14 @@ class Candidate:
 class _CompiledStep:
     __slots__ = ("attributes", "event", "name", "service", "span", "state", "workflow")
 
-    def __init__(self, workflow: str, step: StepSpec) -> None:
+    def __init__(self, workflow: str, step: StepSpec, match: MatchSpec) -> None:
         self.workflow = workflow
         self.name = step.name
-        self.service = _Pattern(step.match.service)
-        self.span = _Pattern(step.match.span) if step.match.span is not None else None
-        self.event = _Pattern(step.match.event) if step.match.event is not None else None
-        self.state = step.match.state or StepState.COMPLETED
-        self.attributes = dict(step.match.attributes)
+        self.service = _Pattern(match.service)
+        self.span = _Pattern(match.span) if match.span is not None else None
+        self.event = _Pattern(match.event) if match.event is not None else None
+        self.state = match.state or StepState.COMPLETED
+        self.attributes = dict(match.attributes)
 
     def filters_hold(self, attrs: Mapping[str, AttrValue]) -> bool:
         return all(attrs.get(k) == v for k, v in self.attributes.items())
@@ -73,7 +73,12 @@ class CompiledModel:
     def __init__(self, model: ModelFile) -> None:
         self.model = model
         self.workflows: Mapping[str, WorkflowSpec] = {w.name: w for w in model.workflows}
-        steps = [_CompiledStep(w.name, s) for w in model.workflows for s in w.steps]
+        steps = [
+            _CompiledStep(w.name, s, m)
+            for w in model.workflows
+            for s in w.steps
+            for m in matchers(s)
+        ]
         self._span_steps = [s for s in steps if s.span is not None]
         self._event_steps = [s for s in steps if s.event is not None]
         self._span_cache: dict[tuple[str, str], tuple[_CompiledStep, ...]] = {}

@@ -138,12 +138,17 @@ class KeySpec(_Strict):
 
 class StepSpec(_Strict):
     name: str = Field(min_length=1)
-    match: MatchSpec
+    #: one matcher, or a list (e.g. an event for success and another for failure)
+    match: MatchSpec | tuple[MatchSpec, ...]
     requires: tuple[str, ...] = ()
     optional: bool = False
     compensated_by: str | None = None
     deadline: Duration | None = None
     actions: dict[AnomalyKind, str] = Field(default_factory=dict)
+
+
+def matchers(step: StepSpec) -> tuple[MatchSpec, ...]:
+    return step.match if isinstance(step.match, tuple) else (step.match,)
 
 
 class WorkflowSpec(_Strict):
@@ -157,6 +162,7 @@ class WorkflowSpec(_Strict):
     actions: dict[AnomalyKind, str] = Field(default_factory=dict)
 
     def step(self, name: str) -> StepSpec:
+        """The step called ``name`` (KeyError if there is none)."""
         for step in self.steps:
             if step.name == name:
                 return step

@@ -22,6 +22,7 @@ TABLES = [
     "SELECT * FROM instances ORDER BY ALL",
     "SELECT * FROM instance_history ORDER BY ALL",
     "SELECT * EXCLUDE (observed_at) FROM spans ORDER BY ALL",
+    "SELECT * EXCLUDE (detected_at) FROM anomalies ORDER BY ALL",
 ]
 
 

@@ -1,0 +1,165 @@
+"""The coordination observer: opens and resolves anomalies inside the writer's transaction.
+
+The store calls :meth:`Observer.observe` with every instance it just re-folded (after a batch, or
+when a deadline/grace timer fell due). The rules (``analytics/rules.py``) say what holds now;
+this class opens what is new, resolves what no longer holds — the row keeps ``opened_at`` and
+``resolved_at``, so "healed by itself, after how long" is one query — and never keeps two open
+anomalies for the same (instance, kind, step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from analytics.rules import Finding, findings
+from analytics.telemetry import Telemetry
+from processors.fold import InstanceState
+from processors.matching import CompiledModel
+from processors.state import InstanceId
+
+EVIDENCE = pa.list_(
+    pa.struct([("trace_id", pa.string()), ("span_id", pa.string()), ("what", pa.string())])
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAnomaly:
+    anomaly_id: str
+    kind: str
+
+
+def anomaly_id(inst: InstanceId, f: Finding) -> str:
+    """Deterministic: the same condition, from the same event time, is the same anomaly."""
+    raw = f"{inst[0]}|{inst[1]}|{f.kind.value}|{f.step}|{f.since_ns}"
+    return hashlib.sha1(raw.encode(), usedforsecurity=False).hexdigest()[:16]
+
+
+class Observer:
+    def __init__(self, model: CompiledModel, telemetry: Telemetry | None = None) -> None:
+        self.model = model
+        self.telemetry = telemetry or Telemetry()
+        self._open: dict[InstanceId, dict[tuple[str, str], OpenAnomaly]] = {}
+
+    def restore(self, con: Any) -> None:
+        self._open.clear()
+        rows = con.execute(
+            "SELECT workflow, instance_key, kind, step, anomaly_id FROM anomalies WHERE resolved_at IS NULL"
+        ).fetchall()
+        for wf, key, kind, step, aid in rows:
+            self._open.setdefault((wf, key), {})[(kind, step)] = OpenAnomaly(aid, kind)
+        self._publish()
+
+    def open_counts(self) -> Counter[str]:
+        return Counter(a.kind for per in self._open.values() for a in per.values())
+
+    def observe(
+        self, con: Any, states: Sequence[InstanceState], now_ns: int
+    ) -> dict[InstanceId, int]:
+        opened: list[tuple[InstanceId, Finding, str]] = []
+        resolved: list[tuple[str, int]] = []
+        counts: dict[InstanceId, int] = {}
+        for state in states:
+            inst = (state.workflow, state.key)
+            wf = self.model.workflows[state.workflow]
+            current = {(f.kind.value, f.step): f for f in findings(wf, state, now_ns)}
+            known = self._open.get(inst, {})
+            for k, f in current.items():
+                if f.resolved_ns is not None:  # held in event time, already reconciled: history
+                    if k in known:
+                        resolved.append((known.pop(k).anomaly_id, f.resolved_ns))
+                    else:
+                        opened.append((inst, f, anomaly_id(inst, f)))
+                elif k not in known:
+                    aid = anomaly_id(inst, f)
+                    known[k] = OpenAnomaly(aid, f.kind.value)
+                    opened.append((inst, f, aid))
+            for k in [k for k in known if k not in current]:
+                resolved.append((known.pop(k).anomaly_id, now_ns))
+            if known:
+                self._open[inst] = known
+            else:
+                self._open.pop(inst, None)
+            counts[inst] = len(known)
+        if opened:
+            self._insert(con, opened, now_ns)
+        if resolved:
+            self._resolve(con, resolved, now_ns)
+        self.telemetry.add("anomalies_opened", len(opened))
+        self.telemetry.add("anomalies_resolved", len(resolved))
+        self._publish()
+        return counts
+
+    def _publish(self) -> None:
+        counts = self.open_counts()
+        for kind in (
+            "missing_step",
+            "out_of_order",
+            "duplicate_action",
+            "conflicting_state",
+            "uncompensated_failure",
+            "stalled",
+        ):
+            self.telemetry.set(f"open_anomalies:{kind}", counts.get(kind, 0))
+
+    @staticmethod
+    def _insert(con: Any, opened: list[tuple[InstanceId, Finding, str]], now_ns: int) -> None:
+        table = pa.table(
+            {
+                "anomaly_id": pa.array([aid for _, _, aid in opened], pa.string()),
+                "workflow": pa.array([i[0] for i, _, _ in opened], pa.string()),
+                "instance_key": pa.array([i[1] for i, _, _ in opened], pa.string()),
+                "kind": pa.array([f.kind.value for _, f, _ in opened], pa.string()),
+                "step": pa.array([f.step for _, f, _ in opened], pa.string()),
+                "severity": pa.array([f.severity.value for _, f, _ in opened], pa.string()),
+                "opened_at": pa.array(
+                    [f.since_ns // 1000 for _, f, _ in opened], pa.timestamp("us")
+                ),
+                "resolved_at": pa.array(
+                    [
+                        None if f.resolved_ns is None else f.resolved_ns // 1000
+                        for _, f, _ in opened
+                    ],
+                    pa.timestamp("us"),
+                ),
+                "message": pa.array([f.message for _, f, _ in opened], pa.string()),
+                "suggested_action": pa.array([f.action for _, f, _ in opened], pa.string()),
+                "evidence": pa.array(
+                    [
+                        [
+                            {"trace_id": e.trace_id, "span_id": e.span_id, "what": e.what}
+                            for e in f.evidence
+                        ]
+                        for _, f, _ in opened
+                    ],
+                    EVIDENCE,
+                ),
+                "detected_at": pa.array([now_ns // 1000] * len(opened), pa.timestamp("us")),
+            }
+        )
+        con.register("_batch_anomalies", table)
+        con.execute(
+            "INSERT INTO anomalies BY NAME SELECT * FROM _batch_anomalies "
+            "WHERE anomaly_id NOT IN (SELECT anomaly_id FROM anomalies)"
+        )
+        con.unregister("_batch_anomalies")
+
+    @staticmethod
+    def _resolve(con: Any, resolved: list[tuple[str, int]], now_ns: int) -> None:
+        table = pa.table(
+            {
+                "anomaly_id": pa.array([aid for aid, _ in resolved], pa.string()),
+                "at": pa.array([at // 1000 for _, at in resolved], pa.timestamp("us")),
+            }
+        )
+        con.register("_batch_resolved", table)
+        con.execute(
+            "UPDATE anomalies SET resolved_at = greatest(opened_at, r.at) "
+            "FROM _batch_resolved r WHERE anomalies.anomaly_id = r.anomaly_id AND anomalies.resolved_at IS NULL"
+        )
+        con.unregister("_batch_resolved")

@@ -1,0 +1,89 @@
+"""The observer's rules, pure: a folded state in, findings out (no DuckDB, no clock)."""
+
+from __future__ import annotations
+
+from analytics.rules import findings
+from processors.fold import fold
+from processors.model import parse_model
+from processors.types import AnomalyKind, StepState, Transition
+from tests.helpers import SECOND, T0, orders_model
+
+WF = orders_model().workflows[0]
+
+
+def tr(step: str, state: str, at: float, span: str = "") -> Transition:
+    return Transition(
+        "order",
+        "o-1",
+        step,
+        StepState(state),
+        T0 + int(at * SECOND),
+        "t" * 32,
+        span or f"{step}-{state}-span",
+        "svc",
+        "span",
+    )
+
+
+def kinds(transitions: list[Transition], now: float, wf=WF) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    state = fold(wf, "o-1", transitions, T0 + int(now * SECOND))
+    return sorted((f.kind.value, f.step) for f in findings(wf, state, T0 + int(now * SECOND)))
+
+
+def test_healthy_instance_has_no_findings() -> None:
+    happy = [tr("checkout", "started", 0), tr("payment", "completed", 0.3), tr("inventory", "completed", 0.4),
+             tr("shipment", "started", 0.5), tr("shipment", "completed", 0.8), tr("checkout", "completed", 1)]  # fmt: skip
+    assert kinds(happy, 100) == []
+
+
+def test_missing_step_only_after_its_deadline() -> None:
+    started = [tr("checkout", "started", 0)]
+    assert kinds(started, 9.9) == []
+    assert kinds(started, 10) == [("missing_step", "payment")]
+    assert kinds(started, 31) == [
+        ("missing_step", "checkout"),
+        ("missing_step", "payment"),
+        ("stalled", "checkout"),
+    ]
+
+
+def test_uncompensated_failure_waits_for_grace() -> None:
+    failed = [
+        tr("checkout", "started", 0),
+        tr("payment", "completed", 0.3),
+        tr("inventory", "failed", 0.4),
+    ]
+    assert kinds(failed, 5.3) == []
+    assert kinds(failed, 5.4) == [("uncompensated_failure", "payment")]
+    assert kinds([*failed, tr("refund", "completed", 6)], 7) == []
+
+
+def test_action_override_per_step_wins_over_workflow() -> None:
+    model = parse_model(
+        """
+file_format: "1"
+workflows:
+  - name: order
+    key: {attributes: [id]}
+    steps:
+      - {name: checkout, match: {span: A}}
+      - name: payment
+        match: {span: B}
+        deadline: 1s
+        actions: {missing_step: "page payments on-call about {key} ({step}): {detail}"}
+    actions: {missing_step: "workflow-level text"}
+"""
+    )
+    wf = model.workflows[0]
+    state = fold(
+        wf,
+        "o-9",
+        [Transition("order", "o-9", "checkout", StepState.STARTED, T0, "t", "s", "svc", "span")],
+        T0 + 2 * SECOND,
+    )
+    [f] = findings(wf, state, T0 + 2 * SECOND)
+    assert f.kind is AnomalyKind.MISSING_STEP
+    assert (
+        f.action
+        == "page payments on-call about o-9 (payment): payment never seen within 1s of 22:13:20.000"
+    )
