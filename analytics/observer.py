@@ -23,9 +23,7 @@ from processors.fold import InstanceState
 from processors.matching import CompiledModel
 from processors.state import InstanceId
 
-EVIDENCE = pa.list_(
-    pa.struct([("trace_id", pa.string()), ("span_id", pa.string()), ("what", pa.string())])
-)
+EVIDENCE = pa.list_(pa.struct([("trace_id", pa.string()), ("span_id", pa.string()), ("what", pa.string())]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +56,7 @@ class Observer:
     def open_counts(self) -> Counter[str]:
         return Counter(a.kind for per in self._open.values() for a in per.values())
 
-    def observe(
-        self, con: Any, states: Sequence[InstanceState], now_ns: int
-    ) -> dict[InstanceId, int]:
+    def observe(self, con: Any, states: Sequence[InstanceState], now_ns: int) -> dict[InstanceId, int]:
         opened: list[tuple[InstanceId, Finding, str]] = []
         resolved: list[tuple[str, int]] = []
         counts: dict[InstanceId, int] = {}
@@ -117,24 +113,16 @@ class Observer:
                 "kind": pa.array([f.kind.value for _, f, _ in opened], pa.string()),
                 "step": pa.array([f.step for _, f, _ in opened], pa.string()),
                 "severity": pa.array([f.severity.value for _, f, _ in opened], pa.string()),
-                "opened_at": pa.array(
-                    [f.since_ns // 1000 for _, f, _ in opened], pa.timestamp("us")
-                ),
+                "opened_at": pa.array([f.since_ns // 1000 for _, f, _ in opened], pa.timestamp("us")),
                 "resolved_at": pa.array(
-                    [
-                        None if f.resolved_ns is None else f.resolved_ns // 1000
-                        for _, f, _ in opened
-                    ],
+                    [None if f.resolved_ns is None else f.resolved_ns // 1000 for _, f, _ in opened],
                     pa.timestamp("us"),
                 ),
                 "message": pa.array([f.message for _, f, _ in opened], pa.string()),
                 "suggested_action": pa.array([f.action for _, f, _ in opened], pa.string()),
                 "evidence": pa.array(
                     [
-                        [
-                            {"trace_id": e.trace_id, "span_id": e.span_id, "what": e.what}
-                            for e in f.evidence
-                        ]
+                        [{"trace_id": e.trace_id, "span_id": e.span_id, "what": e.what} for e in f.evidence]
                         for _, f, _ in opened
                     ],
                     EVIDENCE,

@@ -42,27 +42,20 @@ def transitions_table(rows: Sequence[Transition], observed_ns: int) -> pa.Table:
     )
 
 
-def instances_table(
-    states: Sequence[InstanceState], open_anomalies: dict[tuple[str, str], int]
-) -> pa.Table:
+def instances_table(states: Sequence[InstanceState], open_anomalies: dict[tuple[str, str], int]) -> pa.Table:
     return pa.table(
         {
             "workflow": pa.array([s.workflow for s in states], pa.string()),
             "instance_key": pa.array([s.key for s in states], pa.string()),
             "status": pa.array([s.status.value for s in states], pa.string()),
             "steps": pa.array(
-                [
-                    [(name, v.state.value) for name, v in s.steps.items() if v.state is not None]
-                    for s in states
-                ],
+                [[(name, v.state.value) for name, v in s.steps.items() if v.state is not None] for s in states],
                 STR_MAP,
             ),
             "started_at": pa.array([_us(s.started_at_ns) for s in states], TS_US),
             "updated_at": pa.array([_us(s.updated_at_ns) for s in states], TS_US),
             "converged_at": pa.array([_us(s.converged_at_ns) for s in states], TS_US),
-            "open_anomalies": pa.array(
-                [open_anomalies.get((s.workflow, s.key), 0) for s in states], pa.int32()
-            ),
+            "open_anomalies": pa.array([open_anomalies.get((s.workflow, s.key), 0) for s in states], pa.int32()),
             "trace_ids": pa.array([list(s.trace_ids) for s in states], pa.list_(pa.string())),
         }
     )
@@ -118,13 +111,7 @@ def spans_table(rows: Sequence[MatchedSpan], observed_ns: int) -> pa.Table:
             "end_time": pa.array([m.span.end_ns for m in rows], TS_NS),
             "status": pa.array(["error" if m.span.error else "ok" for m in rows], pa.string()),
             "attributes": pa.array(
-                [
-                    [
-                        (k, str(v))
-                        for k, v in {**m.span.resource_attributes, **m.span.attributes}.items()
-                    ]
-                    for m in rows
-                ],
+                [[(k, str(v)) for k, v in {**m.span.resource_attributes, **m.span.attributes}.items()] for m in rows],
                 STR_MAP,
             ),
             "observed_at": pa.array([observed_ns // 1000] * len(rows), TS_US),
@@ -140,9 +127,7 @@ def pending_table(rows: Sequence[PendingSpan]) -> pa.Table:
             "span_id": pa.array([p.span.span_id for p in rows], pa.string()),
             "instance_key": pa.array([p.key for p in rows], pa.string()),
             "arrived_ns": pa.array([p.arrived_ns for p in rows], pa.int64()),
-            "payload": pa.array(
-                [json.dumps(asdict(p.span), separators=(",", ":")) for p in rows], pa.string()
-            ),
+            "payload": pa.array([json.dumps(asdict(p.span), separators=(",", ":")) for p in rows], pa.string()),
         }
     )
 

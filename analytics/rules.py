@@ -119,10 +119,7 @@ def _make(
 
 
 def _missing(wf: WorkflowSpec, state: InstanceState, now: int) -> list[Finding]:
-    if (
-        state.status not in (InstanceStatus.RUNNING, InstanceStatus.STALLED)
-        or state.first_failure_ns is not None
-    ):
+    if state.status not in (InstanceStatus.RUNNING, InstanceStatus.STALLED) or state.first_failure_ns is not None:
         return []
     out = []
     overdue_instance = now >= state.started_at_ns + wf.deadline
@@ -171,9 +168,7 @@ def _out_of_order(wf: WorkflowSpec, state: InstanceState) -> list[Finding]:
             _ref(v.at, f"{v.step} started"),
         )  # fmt: skip
         if coherent:
-            finding = replace(
-                finding, resolved_ns=max(v.at.time_ns, state.converged_at_ns or v.at.time_ns)
-            )
+            finding = replace(finding, resolved_ns=max(v.at.time_ns, state.converged_at_ns or v.at.time_ns))
         out.append(finding)
     return out
 

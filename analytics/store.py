@@ -83,9 +83,7 @@ class ObserverProtocol(Protocol):
 
     def restore(self, con: Any) -> None: ...
 
-    def observe(
-        self, con: Any, states: Sequence[InstanceState], now_ns: int
-    ) -> dict[InstanceId, int]:
+    def observe(self, con: Any, states: Sequence[InstanceState], now_ns: int) -> dict[InstanceId, int]:
         """Write anomaly changes; return open anomaly counts of the given instances."""
         ...
 
@@ -117,9 +115,7 @@ class Store:
         self.telemetry = telemetry or Telemetry()
         self.max_batch_spans = max_batch_spans
         self.tick_interval_s = tick_interval_s
-        self.observer: ObserverProtocol = (
-            observer if observer is not None else Observer(model, self.telemetry)
-        )
+        self.observer: ObserverProtocol = observer if observer is not None else Observer(model, self.telemetry)
         self._queue: queue.Queue[_Request | object] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._con: Any = None
@@ -160,6 +156,12 @@ class Store:
             self._con = None
             self._release_path()
             raise StoreOpenError(f"cannot prepare the database {self.path}: {exc}") from exc
+        # user SQL runs on cursors of this database: no files, no network, no extensions, and
+        # no way to change that back (see analytics/sandbox.py)
+        self._con.execute("SET enable_external_access = false")
+        self._con.execute("SET autoinstall_known_extensions = false")
+        self._con.execute("SET autoload_known_extensions = false")
+        self._con.execute("SET lock_configuration = true")
         self._reader_parent = self._con.cursor()
         self._restore()
         self._thread = threading.Thread(target=self._run, name="coordstate-writer", daemon=True)
@@ -198,9 +200,7 @@ class Store:
         """Queue records for the next group commit; the future resolves once committed."""
         future: Future[CommitReceipt] = Future()
         if self._closed.is_set():
-            future.set_exception(
-                StoreClosed("coordstate is shutting down; retry against the next instance")
-            )
+            future.set_exception(StoreClosed("coordstate is shutting down; retry against the next instance"))
             return future
         with self._idle:
             self._inflight += 1
@@ -281,9 +281,7 @@ class Store:
             if ok:
                 req.future.set_result(CommitReceipt(len(req.records), len(result.transitions)))
             else:
-                req.future.set_exception(
-                    StoreUnavailable("the database could not commit this batch; retry")
-                )
+                req.future.set_exception(StoreUnavailable("the database could not commit this batch; retry"))
         if ok:
             self.telemetry.add("spans_committed", nspans)
             self.telemetry.add("transitions_written", len(result.transitions))
@@ -329,9 +327,7 @@ class Store:
                 )
                 con.unregister("_batch_pending_del")
             self._insert("_pending", rows.pending_table(insert))
-            open_counts = (
-                self.observer.observe(con, states, now) if self.observer and states else {}
-            )
+            open_counts = self.observer.observe(con, states, now) if self.observer and states else {}
             self._write_instances(states, open_counts)
             con.execute("COMMIT")
         except (duckdb.Error, OSError) as exc:
@@ -351,9 +347,7 @@ class Store:
             self._con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _batch")
             self._con.unregister("_batch")
 
-    def _write_instances(
-        self, states: list[InstanceState], open_counts: dict[InstanceId, int]
-    ) -> None:
+    def _write_instances(self, states: list[InstanceState], open_counts: dict[InstanceId, int]) -> None:
         if not states:
             return
         con = self._con
@@ -375,10 +369,7 @@ class Store:
         if state.first_failure_ns is not None:
             due.append(state.first_failure_ns + wf.grace)
         for step in wf.steps:
-            if (
-                step.deadline is not None
-                and state.steps[step.name].state is not StepState.COMPLETED
-            ):
+            if step.deadline is not None and state.steps[step.name].state is not StepState.COMPLETED:
                 due.append(state.started_at_ns + step.deadline)
         for t in due:
             if t > now:

@@ -49,6 +49,4 @@ class Telemetry:
 
     def snapshot(self) -> TelemetrySnapshot:
         with self._lock:
-            return TelemetrySnapshot(
-                dict(self.counters), dict(self.rejected), dict(self.dropped), dict(self.gauges)
-            )
+            return TelemetrySnapshot(dict(self.counters), dict(self.rejected), dict(self.dropped), dict(self.gauges))

@@ -91,9 +91,7 @@ def build_request(seed: int, spans_per_request: int) -> bytes:
             by_service.setdefault(service, []).append(sp)
         for _ in range(16):
             service, name = rnd.choice(NOISE)
-            sp = Span(
-                trace_id=trace_id, span_id=rnd.randbytes(8), parent_span_id=root_id, name=name
-            )
+            sp = Span(trace_id=trace_id, span_id=rnd.randbytes(8), parent_span_id=root_id, name=name)
             sp.start_time_unix_nano = start + rnd.randrange(900_000_000)
             sp.end_time_unix_nano = sp.start_time_unix_nano + rnd.randrange(1, 50_000_000)
             for i in range(rnd.randrange(10, 17)):
@@ -213,15 +211,11 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--spans-per-request", type=int, default=1000)
-    parser.add_argument(
-        "--requests", type=int, default=24, help="distinct payloads to cycle through"
-    )
+    parser.add_argument("--requests", type=int, default=24, help="distinct payloads to cycle through")
     args = parser.parse_args()
 
     payloads = [build_request(seed, args.spans_per_request) for seed in range(args.requests)]
@@ -241,7 +235,7 @@ def main() -> None:
         coordstate = str(Path(sys.executable).with_name("coordstate"))
         server = subprocess.Popen(
             [coordstate, "serve", "--model", str(ROOT / "otel-config/models/orders.yaml"), "--db", str(db),
-             "--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0"],
+             "--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0", "--api", "127.0.0.1:0"],
             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         try:
@@ -256,22 +250,14 @@ def main() -> None:
                 raise SystemExit("coordstate serve did not start")
             # warm-up, then the maximum rate with unpaced clients
             drive(endpoint, payloads, spans_per, args.clients, 2.0, None)
-            max_rate, _, refused = drive(
-                endpoint, payloads, spans_per, args.clients, args.seconds, None
-            )
-            print(
-                f"end-to-end committed:        {max_rate:12,.0f} spans/s  ({refused} requests refused and retried)"
-            )
+            max_rate, _, refused = drive(endpoint, payloads, spans_per, args.clients, args.seconds, None)
+            print(f"end-to-end committed:        {max_rate:12,.0f} spans/s  ({refused} requests refused and retried)")
             print(f"ratio end-to-end / ceiling:  {max_rate / ceiling:12.2f}")
-            half_rate, lat, _ = drive(
-                endpoint, payloads, spans_per, args.clients, args.seconds, max_rate / 2
-            )
+            half_rate, lat, _ = drive(endpoint, payloads, spans_per, args.clients, args.seconds, max_rate / 2)
             lat.sort()
             p50 = statistics.median(lat) * 1000
             p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
-            print(
-                f"at half load ({half_rate:,.0f} spans/s): p50 {p50:.1f} ms, p99 {p99:.1f} ms per export"
-            )
+            print(f"at half load ({half_rate:,.0f} spans/s): p50 {p50:.1f} ms, p99 {p99:.1f} ms per export")
             print(f"server peak RSS:             {peak_rss_mib(server.pid):12.0f} MiB")
         finally:
             server.terminate()

@@ -10,8 +10,11 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from analytics.client import DEFAULT_API_URL, ApiUnavailable, ClientError, QueryFailed, query_api, query_file
+from collector.render import render
 from collector.replay import ReplayError, replay
 from collector.service import (
+    DEFAULT_API,
     DEFAULT_DB,
     DEFAULT_MODEL,
     DEFAULT_OTLP_GRPC,
@@ -61,14 +64,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         db=args.db,
         otlp_grpc=args.otlp_grpc,
         otlp_http=args.otlp_http,
+        api=args.api,
         token=args.token or os.environ.get("COORDSTATE_TOKEN") or None,
     )
     service = Service(config)
     service.start()
+    for warning in service.warnings:
+        print(f"coordstate: warning: {warning}", file=sys.stderr, flush=True)
     print(
         f"coordstate serving model {config.model} into {config.db}\n"
         f"  OTLP/gRPC  {service.grpc_endpoint if service.grpc else 'off'}\n"
         f"  OTLP/HTTP  {service.http_endpoint + '/v1/traces' if service.http else 'off'}\n"
+        f"  query API  {service.api_url if service.api else 'off'}\n"
         "Press Ctrl-C (or send SIGTERM) to stop.",
         flush=True,
     )
@@ -96,11 +103,25 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_query(args: argparse.Namespace) -> int:
+    token = args.token or os.environ.get("COORDSTATE_TOKEN") or None
+    if args.db:
+        table = query_file(args.db, args.sql)
+    else:
+        try:
+            table = query_api(args.api or DEFAULT_API_URL, args.sql, token=token)
+        except ApiUnavailable:
+            if args.api or not Path(DEFAULT_DB).exists():
+                raise
+            table = query_file(DEFAULT_DB, args.sql)  # no server: read the default file directly
+    print(render(table, args.format), end="")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coordstate",
-        description="Coordination State Layer for OpenTelemetry: "
-        "where every business process across your services stands.",
+        description="Coordination State Layer for OpenTelemetry: where every business process across your services stands.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -108,28 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("models", nargs="+", metavar="MODEL", help="model YAML file(s)")
     check.set_defaults(func=_cmd_check)
 
-    serve = sub.add_parser("serve", help="receive OTLP traces and keep the coordination state")
+    serve = sub.add_parser("serve", help="receive OTLP traces, keep the coordination state, serve the query API")
     _model_db(serve)
-    serve.add_argument(
-        "--otlp-grpc",
-        default=DEFAULT_OTLP_GRPC,
-        metavar="HOST:PORT",
-        help="OTLP/gRPC listen address (default %(default)s)",
-    )
-    serve.add_argument(
-        "--otlp-http",
-        default=DEFAULT_OTLP_HTTP,
-        metavar="HOST:PORT",
-        help="OTLP/HTTP listen address (default %(default)s)",
-    )
-    serve.add_argument(
-        "--token", default=None, help="require this bearer token (or set COORDSTATE_TOKEN)"
-    )
+    _listeners(serve)
     serve.set_defaults(func=_cmd_serve)
 
-    rep = sub.add_parser(
-        "replay", help="replay OTLP files (collector file exporter: JSON lines or protobuf)"
-    )
+    q = sub.add_parser("query", help="run a read-only SQL query (live server, or a DuckDB file)")
+    where = q.add_mutually_exclusive_group()
+    where.add_argument("--api", metavar="URL", help=f"query API of a running server (default {DEFAULT_API_URL})")
+    where.add_argument("--db", metavar="PATH", help="a DuckDB file no server holds (opened read-only)")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output (default %(default)s)")
+    q.add_argument("--token", default=None, help="bearer token of the API (or set COORDSTATE_TOKEN)")
+    q.add_argument("sql", metavar="SQL")
+    q.set_defaults(func=_cmd_query)
+
+    rep = sub.add_parser("replay", help="replay OTLP files (collector file exporter: JSON lines or protobuf)")
     _model_db(rep)
     rep.add_argument("files", nargs="+", metavar="FILE")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -137,10 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_db(p: argparse.ArgumentParser) -> None:
+def _listeners(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--model", default=DEFAULT_MODEL, metavar="PATH", help="model YAML (default %(default)s)"
+        "--otlp-grpc", default=DEFAULT_OTLP_GRPC, metavar="HOST:PORT", help="OTLP/gRPC (default %(default)s)"
     )
+    p.add_argument(
+        "--otlp-http", default=DEFAULT_OTLP_HTTP, metavar="HOST:PORT", help="OTLP/HTTP (default %(default)s)"
+    )
+    p.add_argument("--api", default=DEFAULT_API, metavar="HOST:PORT", help="read-only query API (default %(default)s)")
+    p.add_argument("--token", default=None, help="require this bearer token on every endpoint (or COORDSTATE_TOKEN)")
+
+
+def _model_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH", help="model YAML (default %(default)s)")
     p.add_argument(
         "--db",
         default=DEFAULT_DB,
@@ -154,13 +177,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         code = args.func(args)
-    except (StartError, ReplayError) as exc:
+    except StartError as exc:
         print(f"coordstate: {exc}", file=sys.stderr)
-        code = (
-            EXIT_USAGE
-            if isinstance(exc, StartError) and "model" in str(exc).split(":")[0]
-            else EXIT_FAILURE
-        )
+        code = exc.exit_code
+    except ClientError as exc:
+        print(f"coordstate: {exc}", file=sys.stderr)
+        code = EXIT_USAGE if isinstance(exc, QueryFailed) and exc.status in (400, 403) else EXIT_FAILURE
+    except ReplayError as exc:
+        print(f"coordstate: {exc}", file=sys.stderr)
+        code = EXIT_FAILURE
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

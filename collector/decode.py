@@ -54,11 +54,7 @@ class Decoded:
             return ""
         more = self.rejected_count - len(self.messages)
         tail = f" (and {more} more)" if more > 0 else ""
-        return (
-            f"rejected {self.rejected_count} of {self.received} spans: "
-            + "; ".join(self.messages)
-            + tail
-        )
+        return f"rejected {self.rejected_count} of {self.received} spans: " + "; ".join(self.messages) + tail
 
     def reject(self, reason: str, message: str) -> None:
         self.rejected[reason] += 1
@@ -154,17 +150,8 @@ def decode_request(request: ExportTraceServiceRequest, model: CompiledModel) -> 
                 sid = sp.span_id
                 start = sp.start_time_unix_nano
                 end = sp.end_time_unix_nano
-                if (
-                    len(tid) != 16
-                    or len(sid) != 8
-                    or end < start
-                    or not start
-                    or tid == _ZERO16
-                    or sid == _ZERO8
-                ):
-                    out.reject(
-                        *(_problem(sp) or ("invalid_span", f"span {sp.name!r} is malformed"))
-                    )
+                if len(tid) != 16 or len(sid) != 8 or end < start or not start or tid == _ZERO16 or sid == _ZERO8:
+                    out.reject(*(_problem(sp) or ("invalid_span", f"span {sp.name!r} is malformed")))
                     continue
                 if sp.parent_span_id and len(sp.parent_span_id) != 8:
                     out.reject(*(_problem(sp) or ("invalid_parent_span_id", "bad parent_span_id")))
@@ -172,9 +159,7 @@ def decode_request(request: ExportTraceServiceRequest, model: CompiledModel) -> 
                 if end > out.max_time_ns:
                     out.max_time_ns = end
                 steps = model.span_steps(service, sp.name)
-                events = (
-                    _events(sp, service, model, wanted) if has_event_steps and sp.events else ()
-                )
+                events = _events(sp, service, model, wanted) if has_event_steps and sp.events else ()
                 if steps or events or res_has_key:
                     attrs = _project(sp.attributes, wanted)
                 elif scope_has_key and _contains_any(sp.SerializeToString(), needles):
@@ -213,21 +198,13 @@ def _record(
         attributes=attrs,
         resource_attributes=res_attrs,
         events=events,
-        links=tuple(
-            SpanLink(link.trace_id.hex(), link.span_id.hex())
-            for link in sp.links
-            if len(link.trace_id) == 16
-        ),
+        links=tuple(SpanLink(link.trace_id.hex(), link.span_id.hex()) for link in sp.links if len(link.trace_id) == 16),
     )
 
 
-def _events(
-    sp: Any, service: str, model: CompiledModel, wanted: frozenset[str]
-) -> tuple[SpanEvent, ...]:
+def _events(sp: Any, service: str, model: CompiledModel, wanted: frozenset[str]) -> tuple[SpanEvent, ...]:
     return tuple(
-        SpanEvent(
-            ev.name, ev.time_unix_nano or sp.end_time_unix_nano, _project(ev.attributes, wanted)
-        )
+        SpanEvent(ev.name, ev.time_unix_nano or sp.end_time_unix_nano, _project(ev.attributes, wanted))
         for ev in sp.events
         if model.event_steps(service, ev.name)
     )

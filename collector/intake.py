@@ -87,17 +87,13 @@ class Admission:
 
 
 class Intake:
-    def __init__(
-        self, model: CompiledModel, store: Store, telemetry: Telemetry, admission: Admission
-    ) -> None:
+    def __init__(self, model: CompiledModel, store: Store, telemetry: Telemetry, admission: Admission) -> None:
         self.model = model
         self.store = store
         self.telemetry = telemetry
         self.admission = admission
 
-    def accept(
-        self, payload: bytes, parse: Callable[[bytes], ExportTraceServiceRequest]
-    ) -> Outcome:
+    def accept(self, payload: bytes, parse: Callable[[bytes], ExportTraceServiceRequest]) -> Outcome:
         """Decode, commit and answer one export request. Blocks until committed."""
         nbytes = len(payload)
         if not self.admission.try_acquire(nbytes):
@@ -111,9 +107,7 @@ class Intake:
             self.admission.release(nbytes)
             self.telemetry.set("bytes_in_flight", self.admission.in_flight)
 
-    def _accept(
-        self, payload: bytes, parse: Callable[[bytes], ExportTraceServiceRequest]
-    ) -> Outcome:
+    def _accept(self, payload: bytes, parse: Callable[[bytes], ExportTraceServiceRequest]) -> Outcome:
         self.telemetry.set("bytes_in_flight", self.admission.in_flight)
         try:
             request = parse(payload)

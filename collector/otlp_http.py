@@ -36,9 +36,7 @@ class _TooLarge(Exception):
     pass
 
 
-def _error(
-    status: int, message: str, content_type: str, retry_after: int | None = None
-) -> Response:
+def _error(status: int, message: str, content_type: str, retry_after: int | None = None) -> Response:
     headers = {"Retry-After": str(retry_after)} if retry_after else None
     if content_type == JSON:
         body = json.dumps({"code": status, "message": message}).encode()
@@ -70,9 +68,7 @@ def _gunzip(body: bytes, limit: int) -> bytes:
     return out
 
 
-def build_app(
-    intake: Intake, *, token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES
-) -> Starlette:
+def build_app(intake: Intake, *, token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
     async def export(request: Request) -> Response:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in (PROTOBUF, JSON):
@@ -85,27 +81,19 @@ def build_app(
             sent = request.headers.get("authorization", "")
             if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
                 intake.telemetry.add("requests_unauthenticated")
-                return _error(
-                    401, "missing or wrong bearer token in the Authorization header", ctype
-                )
+                return _error(401, "missing or wrong bearer token in the Authorization header", ctype)
         try:
             body = await _read_body(request, max_body_bytes)
             encoding = request.headers.get("content-encoding", "identity").strip().lower()
             if encoding == "gzip":
                 body = _gunzip(body, max_body_bytes)
             elif encoding not in ("identity", ""):
-                return _error(
-                    415, f"unsupported Content-Encoding {encoding!r}: send gzip or none", ctype
-                )
+                return _error(415, f"unsupported Content-Encoding {encoding!r}: send gzip or none", ctype)
         except _TooLarge:
-            return _error(
-                413, f"request body larger than {max_body_bytes} bytes; send smaller batches", ctype
-            )
+            return _error(413, f"request body larger than {max_body_bytes} bytes; send smaller batches", ctype)
         except zlib.error as exc:
             return _error(400, f"the body is not valid gzip: {exc}", ctype)
-        parse: Callable[[bytes], ExportTraceServiceRequest] = (
-            parse_json if ctype == JSON else parse_protobuf
-        )
+        parse: Callable[[bytes], ExportTraceServiceRequest] = parse_json if ctype == JSON else parse_protobuf
         try:
             outcome = await run_in_threadpool(intake.accept, body, parse)
         except PayloadError as exc:

@@ -50,9 +50,7 @@ def _read(path: Path) -> bytes:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError) as exc:
-            raise ReplayError(
-                f"{path}: looks gzip-compressed but cannot be decompressed: {exc}"
-            ) from exc
+            raise ReplayError(f"{path}: looks gzip-compressed but cannot be decompressed: {exc}") from exc
     return data
 
 
@@ -98,9 +96,7 @@ def requests_in(path: Path) -> Iterator[ExportTraceServiceRequest]:
         ) from exc
 
 
-def replay(
-    files: list[Path], model: CompiledModel, db: Path, *, progress: bool = True
-) -> ReplaySummary:
+def replay(files: list[Path], model: CompiledModel, db: Path, *, progress: bool = True) -> ReplaySummary:
     clock = WatermarkClock()
     telemetry = Telemetry()
     store = Store(db, model, clock, telemetry, tick_interval_s=None)

@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from analytics.api import build_api
 from analytics.http import ListenError as HttpListenError
 from analytics.http import ThreadedServer
 from analytics.store import Store, StoreOpenError
@@ -32,6 +34,16 @@ DEFAULT_API = "127.0.0.1:4329"
 DEFAULT_MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024
 
 
+def is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class StartError(RuntimeError):
     """The service cannot start; the message says why and what to do."""
 
@@ -48,9 +60,12 @@ class ServeConfig:
     db: str = DEFAULT_DB
     otlp_grpc: str | None = DEFAULT_OTLP_GRPC
     otlp_http: str | None = DEFAULT_OTLP_HTTP
+    api: str | None = DEFAULT_API
     token: str | None = None
     max_bytes_in_flight: int = DEFAULT_MAX_BYTES_IN_FLIGHT
     tick_interval_s: float = 0.5
+    query_timeout_s: float = 10.0
+    query_max_rows: int = 100_000
 
 
 def load_compiled(path: str) -> CompiledModel:
@@ -73,11 +88,12 @@ class Service:
             self.telemetry,
             tick_interval_s=config.tick_interval_s,
         )
-        self.intake = Intake(
-            self.model, self.store, self.telemetry, Admission(config.max_bytes_in_flight)
-        )
+        self.intake = Intake(self.model, self.store, self.telemetry, Admission(config.max_bytes_in_flight))
         self.grpc: GrpcReceiver | None = None
         self.http: ThreadedServer | None = None
+        self.api: ThreadedServer | None = None
+        #: things a person should know (e.g. a listener open to the network without a token)
+        self.warnings: list[str] = []
 
     def start(self) -> None:
         try:
@@ -86,9 +102,7 @@ class Service:
             raise StartError(str(exc)) from exc
         try:
             if self.config.otlp_grpc:
-                self.grpc = GrpcReceiver(
-                    self.intake, self.config.otlp_grpc, token=self.config.token
-                )
+                self.grpc = GrpcReceiver(self.intake, self.config.otlp_grpc, token=self.config.token)
                 self.grpc.start()
             if self.config.otlp_http:
                 self.http = ThreadedServer(
@@ -98,9 +112,40 @@ class Service:
                     what="OTLP/HTTP",
                 )
                 self.http.start()
+            if self.config.api:
+                self.api = ThreadedServer(
+                    build_api(
+                        self.store.cursor,
+                        self.telemetry,
+                        token=self.config.token,
+                        timeout_s=self.config.query_timeout_s,
+                        max_rows=self.config.query_max_rows,
+                    ),
+                    self.config.api,
+                    flag="--api",
+                    what="query API",
+                )
+                self.api.start()
         except (ListenError, HttpListenError, ValueError) as exc:
             self.stop()
             raise StartError(str(exc)) from exc
+        self.warnings = self._exposure_warnings()
+
+    def _exposure_warnings(self) -> list[str]:
+        if self.config.token:
+            return []
+        out = []
+        for flag, address in (
+            ("--otlp-grpc", self.config.otlp_grpc),
+            ("--otlp-http", self.config.otlp_http),
+            ("--api", self.config.api),
+        ):
+            if address and not is_loopback(address):
+                out.append(
+                    f"{flag} {address} is reachable from the network and no token is set: anyone who can reach it "
+                    "can send spans or read the coordination history. Set --token (or COORDSTATE_TOKEN), or bind 127.0.0.1."
+                )
+        return out
 
     def stop(self) -> None:
         if self.grpc is not None:
@@ -109,6 +154,9 @@ class Service:
         if self.http is not None:
             self.http.stop()
             self.http = None
+        if self.api is not None:
+            self.api.stop()
+            self.api = None
         self.store.close()
 
     def __enter__(self) -> Service:
@@ -124,6 +172,11 @@ class Service:
         assert self.config.otlp_grpc
         host = self.config.otlp_grpc.rpartition(":")[0] or "127.0.0.1"
         return f"{host}:{self.grpc.port}"
+
+    @property
+    def api_url(self) -> str:
+        assert self.api is not None
+        return f"http://{self.api.host}:{self.api.port}"
 
     @property
     def http_endpoint(self) -> str:

@@ -134,18 +134,14 @@ class Processor:
         self.model = model
         self.table = table if table is not None else InstanceTable(model.workflows)
         self.max_pending = max_pending
-        self._wf = {
-            name: _WorkflowCorrelator(wf, max_trace_keys) for name, wf in model.workflows.items()
-        }
+        self._wf = {name: _WorkflowCorrelator(wf, max_trace_keys) for name, wf in model.workflows.items()}
         self._pending: OrderedDict[tuple[str, str, str], PendingSpan] = OrderedDict()
 
     @property
     def pending_count(self) -> int:
         return len(self._pending)
 
-    def pending_delta(
-        self, result: StepResult
-    ) -> tuple[set[tuple[str, str, str]], list[PendingSpan]]:
+    def pending_delta(self, result: StepResult) -> tuple[set[tuple[str, str, str]], list[PendingSpan]]:
         """What to persist after ``result``: idents to delete, then entries to insert.
 
         Within one step an entry may move between buffers (key found, start not yet seen), so
@@ -197,20 +193,14 @@ class Processor:
     def tick(self, now_ns: int) -> StepResult:
         """Expire buffered spans older than their workflow's ``key.wait``."""
         out = StepResult()
-        expired = [
-            p
-            for p in self._pending.values()
-            if now_ns - p.arrived_ns >= self._wf[p.workflow].wf.key.wait
-        ]
+        expired = [p for p in self._pending.values() if now_ns - p.arrived_ns >= self._wf[p.workflow].wf.key.wait]
         for p in expired:
             if p.ident in self._pending:
                 self._expire(p, now_ns, out)
         return out
 
     # -- internals ----------------------------------------------------------------------
-    def _place(
-        self, p: PendingSpan, now_ns: int, out: StepResult, cands: list[Candidate] | None = None
-    ) -> None:
+    def _place(self, p: PendingSpan, now_ns: int, out: StepResult, cands: list[Candidate] | None = None) -> None:
         corr = self._wf[p.workflow]
         if p.key is None:
             self._park(p, out)
@@ -262,11 +252,7 @@ class Processor:
         if new:
             out.transitions.extend(new)
             out.touched.add((p.workflow, key))
-            out.spans.append(
-                MatchedSpan(
-                    p.workflow, key, p.span, tuple(sorted({c.step for c in cands})), disposition
-                )
-            )
+            out.spans.append(MatchedSpan(p.workflow, key, p.span, tuple(sorted({c.step for c in cands})), disposition))
 
     def _park(self, p: PendingSpan, out: StepResult, *, record: bool = True) -> None:
         corr = self._wf[p.workflow]
@@ -299,9 +285,7 @@ class Processor:
             self._detach(p)
             out.pending_removed.append(p.ident)
 
-    def _release_trace(
-        self, corr: _WorkflowCorrelator, trace_id: str, now_ns: int, out: StepResult
-    ) -> None:
+    def _release_trace(self, corr: _WorkflowCorrelator, trace_id: str, now_ns: int, out: StepResult) -> None:
         key = corr.trace_keys[trace_id]
         traces = [trace_id, *sorted(corr.by_link.pop(trace_id, ()))]
         for tid in traces:

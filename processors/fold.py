@@ -100,10 +100,7 @@ class _Plan:
             if s.compensated_by:
                 self.comp_of[s.compensated_by] = (*self.comp_of.get(s.compensated_by, ()), s.name)
         self.requires = {
-            s.name: tuple(
-                (r.partition(".")[0], StepState(r.partition(".")[2] or "completed"))
-                for r in s.requires
-            )
+            s.name: tuple((r.partition(".")[0], StepState(r.partition(".")[2] or "completed")) for r in s.requires)
             for s in wf.steps
         }
         self.conflicts = tuple(
@@ -181,20 +178,14 @@ class _Fold:
 
     def conflicts(self) -> tuple[tuple[str, str], ...]:
         get = self.state.get
-        return tuple(
-            (a, b)
-            for a, b, sa, xa, sb, xb in self.plan.conflicts
-            if get(sa) is xa and get(sb) is xb
-        )
+        return tuple((a, b) for a, b, sa, xa, sb, xb in self.plan.conflicts if get(sa) is xa and get(sb) is xb)
 
     def status(self, started_at: int, t: int) -> InstanceStatus:
         get = self.state.get
         for _, _, sa, xa, sb, xb in self.plan.conflicts:
             if get(sa) is xa and get(sb) is xb:
                 return InstanceStatus.DIVERGED
-        troubled = self.first_failure is not None and any(
-            st in _TROUBLE for st in self.state.values()
-        )
+        troubled = self.first_failure is not None and any(st in _TROUBLE for st in self.state.values())
         if not troubled:
             if all(get(s) is StepState.COMPLETED for s in self.plan.required):
                 return InstanceStatus.CONVERGED
@@ -215,9 +206,7 @@ class _Fold:
         return out
 
 
-def fold(
-    wf: WorkflowSpec, key: str, transitions: Iterable[Transition], now_ns: int
-) -> InstanceState:
+def fold(wf: WorkflowSpec, key: str, transitions: Iterable[Transition], now_ns: int) -> InstanceState:
     """Fold the transition set of one instance into its state as of ``now_ns``.
 
     ``transitions`` may contain duplicates and come in any order. It must not be empty.
@@ -247,9 +236,7 @@ def fold(
             if tr.event_time_ns < timer <= until:
                 note(f.status(started_at, timer), timer)
     status = history[-1][0]
-    converged_at = (
-        history[-1][1] if status in (InstanceStatus.CONVERGED, InstanceStatus.COMPENSATED) else None
-    )
+    converged_at = history[-1][1] if status in (InstanceStatus.CONVERGED, InstanceStatus.COMPENSATED) else None
     steps = {
         s.name: StepView(
             state=f.state.get(s.name),

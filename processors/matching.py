@@ -73,12 +73,7 @@ class CompiledModel:
     def __init__(self, model: ModelFile) -> None:
         self.model = model
         self.workflows: Mapping[str, WorkflowSpec] = {w.name: w for w in model.workflows}
-        steps = [
-            _CompiledStep(w.name, s, m)
-            for w in model.workflows
-            for s in w.steps
-            for m in matchers(s)
-        ]
+        steps = [_CompiledStep(w.name, s, m) for w in model.workflows for s in w.steps for m in matchers(s)]
         self._span_steps = [s for s in steps if s.span is not None]
         self._event_steps = [s for s in steps if s.event is not None]
         self._span_cache: dict[tuple[str, str], tuple[_CompiledStep, ...]] = {}
@@ -91,20 +86,14 @@ class CompiledModel:
         self.key_attributes: tuple[str, ...] = tuple(key_attrs)
         filters = {k for s in steps for k in s.attributes}
         #: every attribute key the model reads (plus ``allow_attributes``); nothing else is kept
-        self.projection: frozenset[str] = (
-            frozenset(key_attrs) | filters | set(model.allow_attributes)
-        )
+        self.projection: frozenset[str] = frozenset(key_attrs) | filters | set(model.allow_attributes)
 
     # -- questions the decoder asks, per span, before building a record -------------------
     def span_steps(self, service: str, name: str) -> tuple[_CompiledStep, ...]:
         cache_key = (service, name)
         hit = self._span_cache.get(cache_key)
         if hit is None:
-            hit = tuple(
-                s
-                for s in self._span_steps
-                if s.service(service) and s.span is not None and s.span(name)
-            )
+            hit = tuple(s for s in self._span_steps if s.service(service) and s.span is not None and s.span(name))
             if len(self._span_cache) >= _CACHE_LIMIT:
                 self._span_cache.clear()
             self._span_cache[cache_key] = hit
@@ -114,11 +103,7 @@ class CompiledModel:
         cache_key = (service, event)
         hit = self._event_cache.get(cache_key)
         if hit is None:
-            hit = tuple(
-                s
-                for s in self._event_steps
-                if s.service(service) and s.event is not None and s.event(event)
-            )
+            hit = tuple(s for s in self._event_steps if s.service(service) and s.event is not None and s.event(event))
             if len(self._event_cache) >= _CACHE_LIMIT:
                 self._event_cache.clear()
             self._event_cache[cache_key] = hit
@@ -140,9 +125,7 @@ class CompiledModel:
         for step in self.span_steps(span.service, span.name):
             if step.attributes and not step.filters_hold(span.attributes):
                 continue
-            out.append(
-                Candidate(step.workflow, step.name, StepState.STARTED, span.start_ns, "span")
-            )
+            out.append(Candidate(step.workflow, step.name, StepState.STARTED, span.start_ns, "span"))
             end = StepState.FAILED if span.error else StepState.COMPLETED
             out.append(Candidate(step.workflow, step.name, end, span.end_ns, "span"))
         for event in span.events:
@@ -154,11 +137,7 @@ class CompiledModel:
         for step in self.event_steps(span.service, event.name):
             if step.attributes and not step.filters_hold({**span.attributes, **event.attributes}):
                 continue
-            out.append(
-                Candidate(
-                    step.workflow, step.name, step.state, event.time_ns, f"event:{event.name}"
-                )
-            )
+            out.append(Candidate(step.workflow, step.name, step.state, event.time_ns, f"event:{event.name}"))
         return out
 
     def key_of(self, workflow: WorkflowSpec, span: SpanRecord) -> str | None:

@@ -104,14 +104,11 @@ class MatchSpec(_Strict):
     @model_validator(mode="after")
     def _span_or_event(self) -> MatchSpec:
         if self.span is None and self.event is None:
-            raise PydanticCustomError(
-                "match", "a match needs 'span' (a span name) or 'event' (a span event name)"
-            )
+            raise PydanticCustomError("match", "a match needs 'span' (a span name) or 'event' (a span event name)")
         if self.state is not None and self.event is None:
             raise PydanticCustomError(
                 "match",
-                "'state' applies to event matches only; a span match yields started and "
-                "completed/failed by itself",
+                "'state' applies to event matches only; a span match yields started and completed/failed by itself",
             )
         return self
 
@@ -208,9 +205,7 @@ def load_model(path: str | Path) -> ModelFile:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ModelError(
-            source, [ModelProblem("", f"cannot read the file: {exc.strerror}")]
-        ) from exc
+        raise ModelError(source, [ModelProblem("", f"cannot read the file: {exc.strerror}")]) from exc
     except UnicodeDecodeError as exc:
         raise ModelError(source, [ModelProblem("", "the file is not UTF-8 text")]) from exc
     return parse_model(text, source)
@@ -225,9 +220,7 @@ def parse_model(text: str, source: str = "<model>") -> ModelFile:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ModelError(source, [ModelProblem(where, f"not valid YAML: {problem}")]) from exc
     if not isinstance(data, dict):
-        raise ModelError(
-            source, [ModelProblem("", 'expected a mapping with file_format: "1" and workflows')]
-        )
+        raise ModelError(source, [ModelProblem("", 'expected a mapping with file_format: "1" and workflows')])
     fmt = data.get("file_format")
     if fmt is None:
         raise ModelError(source, [ModelProblem("file_format", 'missing: add file_format: "1"')])
@@ -301,8 +294,7 @@ def _workflow_problems(wf: WorkflowSpec, base: str) -> Iterable[ModelProblem]:
         if step.name in index:
             yield ModelProblem(
                 f"{base}.steps[{si}].name",
-                f"duplicate step {step.name!r} (already defined at steps[{index[step.name]}]); "
-                "rename one of them",
+                f"duplicate step {step.name!r} (already defined at steps[{index[step.name]}]); rename one of them",
             )
         index.setdefault(step.name, si)
     known = ", ".join(index)
@@ -369,10 +361,7 @@ def _action_problems(actions: dict[AnomalyKind, str], base: str) -> Iterable[Mod
 
 
 def _find_cycle(wf: WorkflowSpec, index: dict[str, int]) -> list[str] | None:
-    edges = {
-        s.name: [r.partition(".")[0] for r in s.requires if r.partition(".")[0] in index]
-        for s in wf.steps
-    }
+    edges = {s.name: [r.partition(".")[0] for r in s.requires if r.partition(".")[0] in index] for s in wf.steps}
     colour: dict[str, int] = {}
 
     def visit(node: str, trail: list[str]) -> list[str] | None:

@@ -40,9 +40,7 @@ class InstanceStatus(enum.StrEnum):
     STALLED = "stalled"
 
 
-TERMINAL_STATUSES = frozenset(
-    {InstanceStatus.CONVERGED, InstanceStatus.COMPENSATED, InstanceStatus.DIVERGED}
-)
+TERMINAL_STATUSES = frozenset({InstanceStatus.CONVERGED, InstanceStatus.COMPENSATED, InstanceStatus.DIVERGED})
 
 
 class AnomalyKind(enum.StrEnum):

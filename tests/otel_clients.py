@@ -59,9 +59,7 @@ def tracer(service: str, exporter: SpanExporter) -> Iterator[Tracer]:
         provider.shutdown()
 
 
-def place_order(
-    exporters: dict[str, SpanExporter], order_id: str, *, fail_payment: bool = False
-) -> str:
+def place_order(exporters: dict[str, SpanExporter], order_id: str, *, fail_payment: bool = False) -> str:
     """One order across four services, as instrumented services emit it: W3C context passed from
     checkout to its callees, the order id only on the checkout root span (which ends last).
     Returns the trace id (hex)."""

@@ -23,7 +23,7 @@ class ServerProcess:
     def __init__(self, db: Path, *extra: str, model: Path = ORDERS_MODEL) -> None:
         self.args = [
             COORDSTATE, "serve", "--model", str(model), "--db", str(db),
-            "--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0", *extra,
+            "--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0", "--api", "127.0.0.1:0", *extra,
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             self.args,
@@ -38,6 +38,7 @@ class ServerProcess:
         self._reader.start()
         self.grpc = self.wait_for(r"OTLP/gRPC\s+(\S+)")
         self.http = self.wait_for(r"OTLP/HTTP\s+(http://\S+)/v1/traces")
+        self.api = self.wait_for(r"query API\s+(http://\S+)")
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -57,9 +58,7 @@ class ServerProcess:
             found = re.search(pattern, line)
             if found:
                 return found.group(1) if found.groups() else line
-        raise AssertionError(
-            f"{pattern!r} not printed by {self.args}; output so far:\n" + "\n".join(self.output)
-        )
+        raise AssertionError(f"{pattern!r} not printed by {self.args}; output so far:\n" + "\n".join(self.output))
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -82,7 +81,5 @@ class ServerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None or (
-            self.proc.stdout is not None and not self.proc.stdout.closed
-        ):
+        if self.proc.poll() is None or (self.proc.stdout is not None and not self.proc.stdout.closed):
             self.kill()

@@ -110,9 +110,7 @@ class Emitter:
 
     def _children(self, spans: tuple[S, ...], ctx: object, t0_ns: int) -> None:
         for s in spans:
-            span = self.tracer(s.service).start_span(
-                s.name, context=ctx, start_time=t0_ns + int(s.start * SECOND)
-            )  # type: ignore[arg-type]
+            span = self.tracer(s.service).start_span(s.name, context=ctx, start_time=t0_ns + int(s.start * SECOND))  # type: ignore[arg-type]
             for name, at in s.events:
                 span.add_event(name, timestamp=t0_ns + int(at * SECOND))
             if s.error:

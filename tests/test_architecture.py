@@ -46,10 +46,7 @@ def test_app_never_imports_the_collector(path: Path) -> None:
 def test_only_the_cli_exits_the_process() -> None:
     offenders = []
     for path in sorted(ROOT.glob("*/**/*.py")):
-        if (
-            path.parts[len(ROOT.parts)] in {"tests", ".venv", "bench", "node_modules"}
-            or path.name == "cli.py"
-        ):
+        if path.parts[len(ROOT.parts)] in {"tests", ".venv", "bench", "node_modules"} or path.name == "cli.py":
             continue
         if "sys.exit(" in path.read_text() or "os._exit(" in path.read_text():
             offenders.append(str(path.relative_to(ROOT)))

@@ -10,10 +10,7 @@ from tests.helpers import SECOND, T0, compiled_orders, order_spans, span, trace_
 
 
 def rows(transitions: list[Transition]) -> list[tuple[str, str, str, int]]:
-    return sorted(
-        (t.instance_key, t.step, t.state.value, (t.event_time_ns - T0) // 1_000_000)
-        for t in transitions
-    )
+    return sorted((t.instance_key, t.step, t.state.value, (t.event_time_ns - T0) // 1_000_000) for t in transitions)
 
 
 def test_span_and_event_matching_yield_exact_transitions() -> None:
@@ -87,9 +84,7 @@ def test_resource_attribute_carries_the_key() -> None:
     from dataclasses import replace
 
     proc = Processor(compiled_orders())
-    root = replace(
-        span(3, "checkout", "PlaceOrder", 0, 1), resource_attributes={"demo.order.id": "r-1"}
-    )
+    root = replace(span(3, "checkout", "PlaceOrder", 0, 1), resource_attributes={"demo.order.id": "r-1"})
     out = proc.process([root], now_ns=T0)
     assert {t.instance_key for t in out.transitions} == {"r-1"}
 
@@ -160,9 +155,7 @@ def test_pending_buffer_is_bounded_and_eviction_is_counted() -> None:
 
 def test_unmatched_spans_are_counted_not_kept() -> None:
     proc = Processor(compiled_orders())
-    out = proc.process(
-        [span(9, "frontend", "GET /", 0, 1), span(9, "cart", "GetCart", 0, 1)], now_ns=T0
-    )
+    out = proc.process([span(9, "frontend", "GET /", 0, 1), span(9, "cart", "GetCart", 0, 1)], now_ns=T0)
     assert out.dropped[DropReason.UNMATCHED] == 2
     assert out.spans == []
 

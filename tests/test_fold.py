@@ -82,9 +82,7 @@ def test_failure_after_payment_diverges_after_grace_and_heals_with_the_refund() 
     diverged = fold(WF, "o-1", base, at(6))
     assert diverged.status is InstanceStatus.DIVERGED
     assert diverged.history[-1] == (InstanceStatus.DIVERGED, at(5.4))
-    healed = fold(
-        WF, "o-1", [*base, tr("refund", "started", 8), tr("refund", "completed", 9)], at(20)
-    )
+    healed = fold(WF, "o-1", [*base, tr("refund", "started", 8), tr("refund", "completed", 9)], at(20))
     assert healed.status is InstanceStatus.COMPENSATED
     assert healed.steps["payment"].state is StepState.COMPENSATED
     assert [s.value for s, _ in healed.history] == ["running", "diverged", "compensated"]
@@ -150,9 +148,7 @@ def test_arrival_order_and_redelivery_never_change_the_state(
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(transitions, min_size=1, max_size=12), st.integers(0, 60))
-def test_status_history_is_time_ordered_and_ends_in_the_status(
-    items: list[Transition], now: int
-) -> None:
+def test_status_history_is_time_ordered_and_ends_in_the_status(items: list[Transition], now: int) -> None:
     state = fold(WF, "o-1", items, at(now))
     times = [t for _, t in state.history]
     assert times == sorted(times)

@@ -49,10 +49,7 @@ def test_shipped_models_pass_check(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert exc.value.code == 0
     assert "workflow order: key app.order.id → demo.order.id" in out
-    assert (
-        "shipment: shipping / span 'ShipOrder' [requires payment.completed, inventory.completed]"
-        in out
-    )
+    assert "shipment: shipping / span 'ShipOrder' [requires payment.completed, inventory.completed]" in out
     assert "workflow astronomy-shop-order" in out
     assert "attributes read: app.order.id, demo.order.id" in out
 
@@ -79,8 +76,7 @@ INVALID = [
     ),
     pytest.param(
         VALID.replace("compensated_by: refund", "compensated_by: refnd"),
-        "workflows[0].steps[1].compensated_by: unknown step 'refnd' "
-        "(known: checkout, payment, shipment, refund)",
+        "workflows[0].steps[1].compensated_by: unknown step 'refnd' (known: checkout, payment, shipment, refund)",
         id="unknown-compensation",
     ),
     pytest.param(
@@ -91,8 +87,7 @@ INVALID = [
     ),
     pytest.param(
         VALID.replace("- name: refund", "- name: payment"),
-        "workflows[0].steps[3].name: duplicate step 'payment' (already defined at steps[1]); "
-        "rename one of them",
+        "workflows[0].steps[3].name: duplicate step 'payment' (already defined at steps[1]); rename one of them",
         id="duplicate-step",
     ),
     pytest.param(
@@ -108,8 +103,7 @@ INVALID = [
     ),
     pytest.param(
         VALID.replace("name: order\n", "name: order\n    deadline: 30 seconds\n"),
-        "workflows[0].deadline: bad duration '30 seconds': write a number and a unit, "
-        "e.g. 500ms, 10s, 5m, 1h, 7d",
+        "workflows[0].deadline: bad duration '30 seconds': write a number and a unit, e.g. 500ms, 10s, 5m, 1h, 7d",
         id="bad-duration",
     ),
     pytest.param(
@@ -131,14 +125,12 @@ INVALID = [
     ),
     pytest.param(
         VALID + "    actions:\n      stalled: 'page {owner} about {key}'\n",
-        "workflows[0].actions.stalled: unknown placeholder {owner}; "
-        "use detail, evidence, key, step, workflow",
+        "workflows[0].actions.stalled: unknown placeholder {owner}; use detail, evidence, key, step, workflow",
         id="bad-action-template",
     ),
     pytest.param(
         VALID.replace("match: {service: checkout, span: PlaceOrder}", "match: {service: checkout}"),
-        "workflows[0].steps[0].match: a match needs 'span' (a span name) or 'event' "
-        "(a span event name)",
+        "workflows[0].steps[0].match: a match needs 'span' (a span name) or 'event' (a span event name)",
         id="match-without-span-or-event",
     ),
     pytest.param(

@@ -37,11 +37,7 @@ class Run:
         )
 
     def status(self, key: str) -> str:
-        return str(
-            query_live(self.service, f"SELECT status FROM instances WHERE instance_key = '{key}'")[
-                0
-            ][0]
-        )
+        return str(query_live(self.service, f"SELECT status FROM instances WHERE instance_key = '{key}'")[0][0])
 
 
 def query_live(service: Service, sql: str) -> list[tuple[object, ...]]:
@@ -77,9 +73,7 @@ def test_paper_case_uncompensated_failure_then_refund_heals(run: Run) -> None:
     assert run.anomalies("order-1042") == []
     run.at(6)  # failure at 0.35 + grace 5s
     assert run.status("order-1042") == "diverged"
-    [(kind, step, severity, opened, resolved, message, action, evidence)] = run.anomalies(
-        "order-1042"
-    )
+    [(kind, step, severity, opened, resolved, message, action, evidence)] = run.anomalies("order-1042")
     assert (kind, step, severity, resolved) == (
         "uncompensated_failure",
         "payment",
@@ -91,9 +85,7 @@ def test_paper_case_uncompensated_failure_then_refund_heals(run: Run) -> None:
         "order order-1042: payment completed at 08:53:20.300 (span "
         f"{evidence[0]['span_id'][:8]}…) but inventory failed and no refund ran within 5s."
     )
-    assert action.startswith(
-        "refund the charge of order-1042: payment completed at 08:53:20.300"
-    )  # model override
+    assert action.startswith("refund the charge of order-1042: payment completed at 08:53:20.300")  # model override
     assert [e["what"] for e in evidence] == ["payment completed", "inventory failed"]
     assert {e["trace_id"] for e in evidence} == {trace_id}
     run.clock.set(T0 + 10 * SECOND)
@@ -215,6 +207,4 @@ def test_no_duplicate_open_anomalies(run: Run) -> None:
         "SELECT kind, count(*) FROM anomalies WHERE instance_key = 'o-once' GROUP BY ALL ORDER BY 1",
     )
     assert counts == [("missing_step", 1), ("stalled", 1)]
-    assert query_live(
-        run.service, "SELECT open_anomalies FROM instances WHERE instance_key = 'o-once'"
-    ) == [(2,)]
+    assert query_live(run.service, "SELECT open_anomalies FROM instances WHERE instance_key = 'o-once'") == [(2,)]

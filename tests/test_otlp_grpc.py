@@ -34,20 +34,14 @@ def test_empty_request_succeeds_without_partial_success(service: Service) -> Non
     assert not response.HasField("partial_success")
 
 
-def test_redelivering_a_request_three_times_changes_nothing(
-    service: Service, db_path: Path, tmp_path: Path
-) -> None:
+def test_redelivering_a_request_three_times_changes_nothing(service: Service, db_path: Path, tmp_path: Path) -> None:
     spans, _ = recorded_order("order-1")
     exporter = grpc_exporter(service.grpc_endpoint)
     assert exporter.export(spans) == SpanExportResult.SUCCESS
     service.stop()
     once = snapshot(db_path)
 
-    again = Service(
-        ServeConfig(
-            model=str(ORDERS_MODEL), db=str(db_path), otlp_grpc="127.0.0.1:0", otlp_http=None
-        )
-    )
+    again = Service(ServeConfig(model=str(ORDERS_MODEL), db=str(db_path), otlp_grpc="127.0.0.1:0", otlp_http=None))
     with again:
         exporter = grpc_exporter(again.grpc_endpoint)
         for _ in range(3):
@@ -68,20 +62,14 @@ def test_children_before_parents_give_the_same_state(tmp_path: Path) -> None:
         "root-first": [root, children],
     }.items():
         db = tmp_path / f"{label}.duckdb"
-        with Service(
-            ServeConfig(
-                model=str(ORDERS_MODEL), db=str(db), otlp_grpc="127.0.0.1:0", otlp_http=None
-            )
-        ) as svc:
+        with Service(ServeConfig(model=str(ORDERS_MODEL), db=str(db), otlp_grpc="127.0.0.1:0", otlp_http=None)) as svc:
             exporter = grpc_exporter(svc.grpc_endpoint)
             for batch in batches:
                 assert exporter.export(batch) == SpanExportResult.SUCCESS
         results[label] = {
             "instances": query(db, TABLES["instances"]),
             "history": query(db, TABLES["instance_history"]),
-            "transitions": query(
-                db, "SELECT * EXCLUDE (observed_at) FROM transitions ORDER BY ALL"
-            ),
+            "transitions": query(db, "SELECT * EXCLUDE (observed_at) FROM transitions ORDER BY ALL"),
         }
     assert results["together"] == results["children-first"] == results["root-first"]
     assert results["together"]["instances"][0][2] == "converged"
@@ -101,9 +89,9 @@ def test_a_six_megabyte_request_is_accepted(service: Service, db_path: Path) -> 
     service.stop()
     assert query(db_path, "SELECT count(*) FROM transitions") == [(7,)]
     # only attributes the model reads are stored
-    assert query(
-        db_path, "SELECT DISTINCT map_keys(attributes) FROM spans WHERE name = 'PlaceOrder'"
-    ) == [(["app.order.id"],)]
+    assert query(db_path, "SELECT DISTINCT map_keys(attributes) FROM spans WHERE name = 'PlaceOrder'") == [
+        (["app.order.id"],)
+    ]
 
 
 def test_malformed_spans_are_rejected_individually(service: Service, db_path: Path) -> None:
@@ -120,10 +108,7 @@ def test_malformed_spans_are_rejected_individually(service: Service, db_path: Pa
     response = grpc_export(service.grpc_endpoint, request)
     assert response.partial_success.rejected_spans == 2
     assert "trace_id must be 16 non-zero bytes (got 8)" in response.partial_success.error_message
-    assert (
-        "end_time_unix_nano is before start_time_unix_nano"
-        in response.partial_success.error_message
-    )
+    assert "end_time_unix_nano is before start_time_unix_nano" in response.partial_success.error_message
     service.stop()
     assert query(db_path, "SELECT status FROM instances") == [("converged",)]
     assert service.telemetry.snapshot().rejected == {"invalid_trace_id": 1, "end_before_start": 1}
@@ -151,9 +136,7 @@ def test_overload_answers_unavailable_with_retry_info(service: Service, db_path:
     assert query(db_path, "SELECT count(*) FROM transitions") == [(7,)]
 
 
-def test_a_second_server_on_the_same_port_fails_with_a_clear_message(
-    service: Service, tmp_path: Path
-) -> None:
+def test_a_second_server_on_the_same_port_fails_with_a_clear_message(service: Service, tmp_path: Path) -> None:
     second = Service(
         ServeConfig(
             model=str(ORDERS_MODEL),
@@ -162,18 +145,12 @@ def test_a_second_server_on_the_same_port_fails_with_a_clear_message(
             otlp_http=None,
         )
     )
-    with pytest.raises(
-        StartError, match=r"OTLP/gRPC cannot listen on 127\.0\.0\.1:\d+: the address is in use"
-    ):
+    with pytest.raises(StartError, match=r"OTLP/gRPC cannot listen on 127\.0\.0\.1:\d+: the address is in use"):
         second.start()
 
 
 def test_the_database_cannot_be_served_twice(service: Service, db_path: Path) -> None:
-    second = Service(
-        ServeConfig(
-            model=str(ORDERS_MODEL), db=str(db_path), otlp_grpc="127.0.0.1:0", otlp_http=None
-        )
-    )
+    second = Service(ServeConfig(model=str(ORDERS_MODEL), db=str(db_path), otlp_grpc="127.0.0.1:0", otlp_http=None))
     with pytest.raises(StartError, match="Is another coordstate serving it"):
         second.start()
 
@@ -199,9 +176,7 @@ def test_bearer_token_is_enforced(db_path: Path) -> None:
 
 
 def test_stop_without_start_and_restart(db_path: Path) -> None:
-    config = ServeConfig(
-        model=str(ORDERS_MODEL), db=str(db_path), otlp_grpc="127.0.0.1:0", otlp_http=None
-    )
+    config = ServeConfig(model=str(ORDERS_MODEL), db=str(db_path), otlp_grpc="127.0.0.1:0", otlp_http=None)
     Service(config).stop()  # never started: nothing to stop, no error
     for order in ("order-a", "order-b"):
         with Service(config) as svc:

@@ -82,9 +82,7 @@ def test_partial_success_in_json(service: Service) -> None:
     spans, _ = recorded_order("order-partial")
     data = to_json(encode(spans))
     data["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["spanId"] = "not-hex!"
-    response = httpx.post(
-        url(service), content=json.dumps(data), headers={"Content-Type": "application/json"}
-    )
+    response = httpx.post(url(service), content=json.dumps(data), headers={"Content-Type": "application/json"})
     assert response.status_code == 200
     body = response.json()
     assert body["partialSuccess"]["rejectedSpans"] == "1"
@@ -109,18 +107,14 @@ def test_bad_requests_get_a_clear_status(
 
 
 def test_bad_json_answers_400_in_json(service: Service) -> None:
-    response = httpx.post(
-        url(service), content=b"{nope", headers={"Content-Type": "application/json"}
-    )
+    response = httpx.post(url(service), content=b"{nope", headers={"Content-Type": "application/json"})
     assert response.status_code == 400
     assert response.json()["message"].startswith("not valid JSON")
 
 
 def test_too_large_is_413_also_when_gzipped(service: Service) -> None:
     bomb = gzip.compress(b"\x00" * (65 * 1024 * 1024))
-    response = httpx.post(
-        url(service), content=bomb, headers={**PB, "Content-Encoding": "gzip"}, timeout=30
-    )
+    response = httpx.post(url(service), content=bomb, headers={**PB, "Content-Encoding": "gzip"}, timeout=30)
     assert response.status_code == 413
     assert "larger than 67108864 bytes" in status_pb2.Status.FromString(response.content).message
 

@@ -39,24 +39,17 @@ def replay(db: Path, *files: Path) -> subprocess.CompletedProcess[str]:
 def files(tmp_path: Path) -> dict[str, Path]:
     orders = [recorded_order(f"order-{i}", fail_payment=i % 3 == 0) for i in range(6)]
     jsonl = tmp_path / "traces.jsonl"
-    jsonl.write_text(
-        "\n".join(json.dumps(to_json(encode(spans))) for spans, _ in orders[:3]) + "\n"
-    )
+    jsonl.write_text("\n".join(json.dumps(to_json(encode(spans))) for spans, _ in orders[:3]) + "\n")
     proto = tmp_path / "traces.binpb"
     proto.write_bytes(
-        b"".join(
-            struct.pack(">I", len(m)) + m
-            for m in (encode(s).SerializeToString() for s, _ in orders[3:])
-        )
+        b"".join(struct.pack(">I", len(m)) + m for m in (encode(s).SerializeToString() for s, _ in orders[3:]))
     )
     single = tmp_path / "single.pb.gz"
     single.write_bytes(gzip.compress(encode(orders[0][0]).SerializeToString()))
     return {"jsonl": jsonl, "proto": proto, "single": single}
 
 
-def test_replay_json_lines_and_length_prefixed_protobuf(
-    tmp_path: Path, files: dict[str, Path]
-) -> None:
+def test_replay_json_lines_and_length_prefixed_protobuf(tmp_path: Path, files: dict[str, Path]) -> None:
     db = tmp_path / "replay.duckdb"
     result = replay(db, files["jsonl"], files["proto"], files["single"])
     assert result.returncode == 0, result.stderr

@@ -39,9 +39,7 @@ def test_buffered_spans_survive_a_crash(db_path: Path) -> None:
         assert http_exporter(server.http).export(root) == SpanExportResult.SUCCESS
         assert server.terminate() == 0
         assert any("transitions written" in line for line in server.output)
-    assert query(db_path, "SELECT instance_key, status FROM instances") == [
-        ("order-buffered", "converged")
-    ]
+    assert query(db_path, "SELECT instance_key, status FROM instances") == [("order-buffered", "converged")]
     assert query(db_path, "SELECT count(*) FROM _pending") == [(0,)]
 
 
@@ -64,6 +62,8 @@ def test_second_process_on_the_same_database_fails_clearly(db_path: Path) -> Non
                 "--otlp-grpc",
                 "127.0.0.1:0",
                 "--otlp-http",
+                "127.0.0.1:0",
+                "--api",
                 "127.0.0.1:0",
             ],
             capture_output=True,

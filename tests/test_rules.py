@@ -83,7 +83,4 @@ workflows:
     )
     [f] = findings(wf, state, T0 + 2 * SECOND)
     assert f.kind is AnomalyKind.MISSING_STEP
-    assert (
-        f.action
-        == "page payments on-call about o-9 (payment): payment never seen within 1s of 22:13:20.000"
-    )
+    assert f.action == "page payments on-call about o-9 (payment): payment never seen within 1s of 22:13:20.000"

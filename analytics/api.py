@@ -1,0 +1,231 @@
+"""The read-only query API (default ``127.0.0.1:4329``): how the app and ``coordstate query``
+read a database that the server process owns (DuckDB allows one writer process).
+
+- ``POST /api/v1/query`` — body ``{"sql": "..."}`` (or the SQL as text/plain); answers Arrow IPC
+  (``Accept: application/vnd.apache.arrow.stream``) or JSON (default). 400 bad SQL (DuckDB's
+  message), 403 not read-only, 408 too slow, 401 without the token when one is set.
+- ``GET /healthz`` — ``{"status": "ok"}`` while the store is open.
+- ``GET /metrics`` — Prometheus text: pipeline counters, open anomalies by kind, instances by status.
+
+All errors share one shape: ``{"error": {"status": N, "message": "..."}}``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from analytics.sandbox import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S, QueryError, run_query
+from analytics.telemetry import Telemetry, TelemetrySnapshot
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+REJECT_REASONS = (
+    "invalid_trace_id",
+    "invalid_span_id",
+    "invalid_parent_span_id",
+    "end_before_start",
+    "missing_start_time",
+)
+MAX_SQL_BYTES = 1024 * 1024
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list):
+        if value and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+            return {str(k): _jsonable(v) for k, v in value}  # a MAP
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def table_to_json(table: pa.Table, truncated: bool) -> dict[str, Any]:
+    columns = table.column_names
+    rows = [[_jsonable(row[c]) for c in columns] for row in table.to_pylist()]
+    return {
+        "columns": columns,
+        "types": [str(t) for t in table.schema.types],
+        "rows": rows,
+        "truncated": truncated,
+    }
+
+
+def table_to_arrow(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def prometheus(snap: TelemetrySnapshot, instances_by_status: dict[str, int]) -> str:
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP coordstate_{name} {help_}")
+        lines.append(f"# TYPE coordstate_{name} {kind}")
+        for labels, value in samples:
+            lines.append(f"coordstate_{name}{labels} {value:g}")
+
+    c, g = snap.counters, snap.gauges
+    metric(
+        "spans_received_total",
+        "counter",
+        "Spans received over OTLP.",
+        [("", c.get("spans_received", 0))],
+    )
+    metric(
+        "spans_rejected_total",
+        "counter",
+        "Spans rejected as malformed, by reason.",
+        [(f'{{reason="{r}"}}', snap.rejected.get(r, 0)) for r in sorted(set(REJECT_REASONS) | set(snap.rejected))],
+    )
+    metric(
+        "spans_dropped_total",
+        "counter",
+        "Spans or transitions not kept, by reason.",
+        [(f'{{reason="{r}"}}', snap.dropped.get(r, 0)) for r in ("unmatched", "unkeyed", "orphan", "duplicate")],
+    )
+    metric(
+        "transitions_written_total",
+        "counter",
+        "Transitions committed.",
+        [("", c.get("transitions_written", 0))],
+    )
+    metric("commits_total", "counter", "Group commits.", [("", c.get("commits", 0))])
+    metric(
+        "commit_failures_total",
+        "counter",
+        "Commits rolled back.",
+        [("", c.get("commit_failures", 0))],
+    )
+    metric(
+        "requests_refused_total",
+        "counter",
+        "Export requests refused by admission control.",
+        [("", c.get("requests_refused_overload", 0))],
+    )
+    metric("queue_depth", "gauge", "Requests waiting for the writer.", [("", g.get("queue_depth", 0))])
+    metric(
+        "commit_latency_seconds",
+        "gauge",
+        "Duration of the last commit.",
+        [("", g.get("commit_latency_seconds", 0))],
+    )
+    metric(
+        "pending_spans",
+        "gauge",
+        "Spans waiting for their key or instance start.",
+        [("", g.get("pending_spans", 0))],
+    )
+    metric(
+        "open_anomalies",
+        "gauge",
+        "Open anomalies by kind.",
+        [(f'{{kind="{k.split(":", 1)[1]}"}}', v) for k, v in sorted(g.items()) if k.startswith("open_anomalies:")],
+    )
+    metric("instances", "gauge", "Workflow instances by status.",
+           [(f'{{status="{s}"}}', instances_by_status.get(s, 0)) for s in ("running", "converged", "compensated", "diverged", "stalled")])  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def build_api(
+    cursor_factory: Callable[[], Any],
+    telemetry: Telemetry,
+    *,
+    token: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> Starlette:
+    def authorized(request: Request) -> bool:
+        if token is None:
+            return True
+        sent = request.headers.get("authorization", "")
+        return hmac.compare_digest(sent.encode(), f"Bearer {token}".encode())
+
+    async def query(request: Request) -> Response:
+        if not authorized(request):
+            return error(401, "missing or wrong bearer token in the Authorization header")
+        body = await request.body()
+        if len(body) > MAX_SQL_BYTES:
+            return error(413, f"the query is larger than {MAX_SQL_BYTES} bytes")
+        sql = body.decode("utf-8", errors="replace")
+        if request.headers.get("content-type", "").startswith("application/json"):
+            try:
+                sql = json.loads(body)["sql"]
+            except (ValueError, KeyError, TypeError):
+                return error(400, 'send {"sql": "SELECT ..."} as JSON, or the SQL as text/plain')
+            if not isinstance(sql, str):
+                return error(400, '"sql" must be a string')
+        try:
+            result = await run_in_threadpool(run_query, cursor_factory, sql, timeout_s=timeout_s, max_rows=max_rows)
+        except QueryError as exc:
+            return error(exc.status, str(exc))
+        headers = {
+            "X-Coordstate-Truncated": str(result.truncated).lower(),
+            "X-Coordstate-Rows": str(result.table.num_rows),
+        }
+        if ARROW_STREAM in request.headers.get("accept", ""):
+            return Response(table_to_arrow(result.table), media_type=ARROW_STREAM, headers=headers)
+        return JSONResponse(table_to_json(result.table, result.truncated), headers=headers)
+
+    async def healthz(request: Request) -> Response:
+        try:
+            await run_in_threadpool(_ping, cursor_factory)
+        except Exception as exc:  # the store is closed or broken: say so, never a traceback
+            return error(503, f"the database is not available: {exc}")
+        return JSONResponse({"status": "ok"})
+
+    async def metrics(request: Request) -> Response:
+        if not authorized(request):
+            return error(401, "missing or wrong bearer token in the Authorization header")
+        by_status = await run_in_threadpool(_instances_by_status, cursor_factory)
+        return Response(prometheus(telemetry.snapshot(), by_status), media_type="text/plain; version=0.0.4")
+
+    return Starlette(
+        routes=[
+            Route("/api/v1/query", query, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ]
+    )
+
+
+def _ping(cursor_factory: Callable[[], Any]) -> None:
+    cur = cursor_factory()
+    try:
+        cur.execute("SELECT 1").fetchone()
+    finally:
+        cur.close()
+
+
+def _instances_by_status(cursor_factory: Callable[[], Any]) -> dict[str, int]:
+    cur = cursor_factory()
+    try:
+        return {
+            str(s): int(n) for s, n in cur.execute("SELECT status, count(*) FROM instances GROUP BY ALL").fetchall()
+        }
+    finally:
+        cur.close()
