@@ -24,6 +24,7 @@ fmt: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
+	$(PY) bench/queries.py
 
 check: $(STAMP)
 	$(VENV)/bin/coordstate check otel-config/models/*.yaml

@@ -1,0 +1,101 @@
+"""Named SQL over the public schema: what the app shows and the benchmark measures.
+
+Every query is a plain read-only SELECT (it runs through the query API's sandbox unchanged).
+Parameters are inlined with :func:`literal` — the API takes one statement and no bind
+parameters, so values are quoted here, once, correctly.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+STATUSES = ("running", "converged", "compensated", "diverged", "stalled")
+
+
+def literal(value: str | int | float | datetime | None) -> str:
+    """A SQL literal for ``value`` (strings quoted with '' escaping)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, datetime):
+        return f"TIMESTAMP '{value.strftime('%Y-%m-%d %H:%M:%S.%f')}'"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+OVERVIEW_STATUS = """
+SELECT workflow,
+       count(*) AS instances,
+       count(*) FILTER (WHERE status = 'running') AS running,
+       count(*) FILTER (WHERE status = 'converged') AS converged,
+       count(*) FILTER (WHERE status = 'compensated') AS compensated,
+       count(*) FILTER (WHERE status = 'diverged') AS diverged,
+       count(*) FILTER (WHERE status = 'stalled') AS stalled,
+       round(count(*) FILTER (WHERE status IN ('converged', 'compensated')) / count(*), 4) AS convergence_rate
+FROM instances
+GROUP BY workflow
+ORDER BY workflow
+"""
+
+OVERVIEW_ANOMALIES = """
+SELECT workflow, kind, severity, count(*) AS open_anomalies, min(opened_at) AS oldest
+FROM anomalies
+WHERE resolved_at IS NULL
+GROUP BY ALL
+ORDER BY severity, open_anomalies DESC
+"""
+
+RECENT_INSTANCES = """
+SELECT workflow, instance_key, status, steps, started_at, updated_at, converged_at, open_anomalies
+FROM instances
+ORDER BY updated_at DESC
+LIMIT {limit}
+"""
+
+CONVERGENCE_PER_MINUTE = "SELECT * FROM convergence(INTERVAL 1 MINUTE)"
+
+
+def convergence(bucket: str) -> str:
+    """``bucket`` is a DuckDB interval such as ``'1 minute'`` or ``'1 hour'``."""
+    return f"SELECT * FROM convergence(INTERVAL {literal(bucket)})"
+
+
+def state_at(ts: datetime) -> str:
+    return (
+        "SELECT workflow, status, count(*) AS instances FROM state_at("
+        f"{literal(ts)}) GROUP BY ALL ORDER BY workflow, status"
+    )
+
+
+def instance_row(key: str) -> str:
+    return (
+        "SELECT workflow, instance_key, status, steps, started_at, updated_at, converged_at, "
+        f"open_anomalies, trace_ids FROM instances WHERE instance_key = {literal(key)}"
+    )
+
+
+def instance_transitions(workflow: str, key: str, start: datetime, end: datetime) -> str:
+    """One instance's transitions. The time window (from its ``instances`` row, widened) lets
+    DuckDB skip every row group outside it: a drill-down stays fast on a large history."""
+    return (
+        "SELECT event_time, step, state, service, trace_id, span_id, source FROM transitions "
+        f"WHERE workflow = {literal(workflow)} AND instance_key = {literal(key)} "
+        f"AND event_time BETWEEN {literal(start)} - INTERVAL 1 HOUR AND {literal(end)} + INTERVAL 1 DAY "
+        "ORDER BY event_time, step"
+    )
+
+
+def instance_anomalies(workflow: str, key: str) -> str:
+    return (
+        "SELECT kind, step, severity, opened_at, resolved_at, message, suggested_action, evidence "
+        f"FROM anomalies WHERE workflow = {literal(workflow)} AND instance_key = {literal(key)} ORDER BY opened_at"
+    )
+
+
+def instance_history(workflow: str, key: str) -> str:
+    return (
+        "SELECT status, valid_from, valid_to FROM instance_history "
+        f"WHERE workflow = {literal(workflow)} AND instance_key = {literal(key)} ORDER BY valid_from"
+    )
