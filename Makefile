@@ -5,13 +5,22 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: up test lint fmt bench check clean
+.PHONY: up test lint fmt bench check clean browser screenshots
 
 up: $(STAMP)
 	$(VENV)/bin/coordstate up --demo
 
-test: $(STAMP) $(NODE_STAMP) lint
+test: $(STAMP) $(NODE_STAMP) browser lint
 	$(PY) -m pytest
+
+# Debian's Chromium for the browser test (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+screenshots: $(STAMP) browser
+	COORDSTATE_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_browser.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

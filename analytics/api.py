@@ -216,7 +216,7 @@ def build_api(
 def _ping(cursor_factory: Callable[[], Any]) -> None:
     cur = cursor_factory()
     try:
-        cur.execute("SELECT 1").fetchone()
+        cur.execute("SELECT 1").fetchall()
     finally:
         cur.close()
 

@@ -113,6 +113,9 @@ def _make(
     default_action: str,
     evidence: tuple[EvidenceRef, ...],
 ) -> Finding:
+    if not evidence:  # nothing of the step itself was seen: point at the instance's own trace
+        first = next((v.started_by for v in state.steps.values() if v.started_by is not None), None)
+        evidence = _ref(first, "instance started")
     spans = ", ".join(f"{e.what} span {short(e.span_id)}" for e in evidence) or "no span"
     action = _action(wf, kind, step, state.key, detail, spans, default_action)
     return Finding(kind, step, SEVERITY[kind], since, message, action, evidence)

@@ -70,8 +70,10 @@ def check_read_only(con: Any, sql: str) -> None:
     if kind != duckdb.StatementType.SELECT:
         name = str(kind).rsplit(".", 1)[-1]
         raise QueryRefused(f"{name} statements are refused: the query API is read-only (SELECT and WITH … SELECT only)")
-    row = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchone()
-    parsed = json.loads(row[0]) if row else {"error": True}
+    rows = con.execute(
+        "SELECT json_serialize_sql(?::VARCHAR)", [sql]
+    ).fetchall()  # fetchall: 2.x wants results finished
+    parsed = json.loads(rows[0][0]) if rows else {"error": True}
     if parsed.get("error"):
         raise QueryRefused(
             "only plain SELECT queries are allowed (PRAGMA, SET, CALL and the like are refused): "
@@ -93,7 +95,7 @@ def run_query(
         check_read_only(cur, sql)
         timer.start()
         try:
-            reader = cur.execute(sql).to_arrow_reader(min(max_rows + 1, 10_000))
+            reader = cur.sql(sql).to_arrow_reader(min(max_rows + 1, 10_000))
             batches: list[pa.RecordBatch] = []
             rows = 0
             for batch in reader:

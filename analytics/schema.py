@@ -159,8 +159,8 @@ def migrate(con: Any) -> int:
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         "version INTEGER PRIMARY KEY, description VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
     )
-    row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
-    current = int(row[0]) if row else 0
+    rows = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchall()
+    current = int(rows[0][0]) if rows else 0
     if current > LATEST:
         raise SchemaTooNew(
             f"the database has schema version {current}, newer than this coordstate knows ({LATEST}); "

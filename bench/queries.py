@@ -95,8 +95,9 @@ def timed(con: duckdb.DuckDBPyConnection, sql: str, repeat: int) -> float:
 
 
 def drill_down(con: duckdb.DuckDBPyConnection, key: str) -> None:
-    row = con.execute(queries.instance_row(key)).fetchone()
-    assert row is not None
+    rows = con.execute(queries.instance_row(key)).fetchall()
+    assert rows
+    row = rows[0]
     con.execute(queries.instance_transitions(row[0], key, row[4], row[5])).fetchall()
     con.execute(queries.instance_anomalies(row[0], key)).fetchall()
     con.execute(queries.instance_history(row[0], key)).fetchall()
@@ -111,7 +112,7 @@ def run(size: int, repeat: int) -> None:
         started = time.perf_counter()
         con.execute(SEED.format(instances=instances))
         con.execute("CHECKPOINT")
-        n = con.execute("SELECT count(*) FROM transitions").fetchone()[0]  # type: ignore[index]
+        n = con.execute("SELECT count(*) FROM transitions").fetchall()[0][0]
         print(f"\n{n:,} transitions, {instances:,} instances (seeded in {time.perf_counter() - started:.1f}s, "
               f"{db.stat().st_size / 2**20:.0f} MiB)")  # fmt: skip
         overview = sum(timed(con, q, repeat) for q in (queries.OVERVIEW_STATUS, queries.OVERVIEW_ANOMALIES))

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from analytics.client import DEFAULT_API_URL, ApiUnavailable, ClientError, QueryFailed, query_api, query_file
@@ -25,6 +25,7 @@ from collector.service import (
     load_compiled,
 )
 from collector.summary import summarize
+from collector.ui import DEFAULT_UI_PORT, start_ui, stop_ui, ui_env
 from processors.model import ModelError, load_model
 
 EXIT_OK = 0
@@ -46,7 +47,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return status
 
 
-def _wait_for_signal() -> None:
+def _wait_for_signal(done: Callable[[], bool] = lambda: False) -> None:
+    """Block until SIGTERM/SIGINT (or until ``done()`` says a child process has gone)."""
     stop = threading.Event()
 
     def handler(signum: int, frame: object) -> None:
@@ -54,8 +56,9 @@ def _wait_for_signal() -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    while not stop.wait(3600):
-        pass
+    while not stop.wait(0.5):
+        if done():
+            return
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -118,6 +121,20 @@ def _cmd_query(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_ui(args: argparse.Namespace) -> int:
+    env = ui_env(args.api, args.db, args.token, args.trace_url)
+    proc = start_ui(args.port, env, address=args.address)
+    print(
+        f"coordstate app on http://{args.address}:{args.port} ({env.get('COORDSTATE_API') or env.get('COORDSTATE_DB')})",
+        flush=True,
+    )
+    try:
+        _wait_for_signal(lambda: proc.poll() is not None)
+    finally:
+        stop_ui(proc)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coordstate",
@@ -142,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--token", default=None, help="bearer token of the API (or set COORDSTATE_TOKEN)")
     q.add_argument("sql", metavar="SQL")
     q.set_defaults(func=_cmd_query)
+
+    ui = sub.add_parser("ui", help="the Streamlit app (live through the query API, or a DuckDB file)")
+    src = ui.add_mutually_exclusive_group()
+    src.add_argument("--api", metavar="URL", help=f"query API of a running server (default {DEFAULT_API_URL})")
+    src.add_argument("--db", metavar="PATH", help="a DuckDB file no server holds (read-only)")
+    ui.add_argument("--port", type=int, default=DEFAULT_UI_PORT, help="(default %(default)s)")
+    ui.add_argument("--address", default="127.0.0.1", help="(default %(default)s)")
+    ui.add_argument("--token", default=None, help="bearer token of the API (or set COORDSTATE_TOKEN)")
+    ui.add_argument(
+        "--trace-url", default=None, metavar="TEMPLATE", help="trace link, e.g. http://localhost:16686/trace/{trace_id}"
+    )
+    ui.set_defaults(func=_cmd_ui)
 
     rep = sub.add_parser("replay", help="replay OTLP files (collector file exporter: JSON lines or protobuf)")
     _model_db(rep)

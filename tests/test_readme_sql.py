@@ -70,6 +70,12 @@ def test_readme_has_at_least_eight_worked_questions() -> None:
     assert set(readme_queries()) == set(EXPECT)
 
 
+def test_the_apps_examples_are_the_readmes() -> None:
+    from analytics.examples import EXAMPLES
+
+    assert [(t, q.strip()) for t, q in EXAMPLES] == [(t, q.strip()) for t, q in readme_queries().items()]
+
+
 @pytest.mark.parametrize("title", sorted(EXPECT))
 def test_readme_query_answers_its_question(seeded: Path, title: str) -> None:
     sql = readme_queries()[title]

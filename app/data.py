@@ -1,0 +1,109 @@
+"""The app's data layer: every read goes through the query API (live) or a read-only DuckDB file.
+
+The source comes from the environment, set by ``coordstate ui``:
+``COORDSTATE_API`` (URL of a running server's query API) or ``COORDSTATE_DB`` (a file no server
+holds), ``COORDSTATE_TOKEN``, and ``COORDSTATE_TRACE_URL`` (e.g. a Jaeger or Grafana link
+template with ``{trace_id}``). Results are cached for a moment so that a page with several
+widgets asks once. Every failure becomes a :class:`DataError` with a message for a person.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import pandas as pd
+import streamlit as st
+
+from analytics.client import DEFAULT_API_URL, ClientError, query_api, query_file
+
+REFRESH_S = 5
+
+
+class DataError(Exception):
+    """Something a person can act on (the API is down, the file is missing, the SQL is wrong)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    api: str | None
+    db: str | None
+    token: str | None
+    trace_url: str | None
+
+    @property
+    def live(self) -> bool:
+        return self.api is not None
+
+    def describe(self) -> str:
+        return f"live: query API at {self.api}" if self.api else f"offline: {self.db} (read-only)"
+
+
+def source() -> Source:
+    db = os.environ.get("COORDSTATE_DB") or None
+    api = os.environ.get("COORDSTATE_API") or (None if db else DEFAULT_API_URL)
+    return Source(api, db, os.environ.get("COORDSTATE_TOKEN") or None, os.environ.get("COORDSTATE_TRACE_URL") or None)
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def _run(sql: str, src: Source) -> pd.DataFrame:
+    try:
+        table = query_api(src.api, sql, token=src.token) if src.api else query_file(str(src.db), sql)
+    except ClientError as exc:
+        raise DataError(str(exc)) from exc
+    return table.to_pandas()
+
+
+def query(sql: str) -> pd.DataFrame:
+    return _run(sql, source())
+
+
+def guarded(sql: str) -> pd.DataFrame:
+    """Run ``sql``; on failure show the reason and stop the page (never a traceback)."""
+    try:
+        return query(sql)
+    except DataError as exc:
+        st.error(str(exc), icon=":material/power_off:")
+        st.stop()
+        raise  # not reached: st.stop() ends the run
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def _metrics(src: Source) -> dict[str, float]:
+    if not src.api:
+        return {}
+    request = urllib.request.Request(src.api.rstrip("/") + "/metrics")
+    if src.token:
+        request.add_header("Authorization", f"Bearer {src.token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        raise DataError(f"query API at {src.api} is not answering ({exc}) — is `coordstate serve` running?") from exc
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        found = re.match(r"^coordstate_(\w+)(\{[^}]*\})?\s+(\S+)$", line)
+        if found:
+            out[found.group(1) + (found.group(2) or "")] = float(found.group(3))
+    return out
+
+
+def metrics() -> dict[str, float]:
+    """The live server's self-telemetry (empty offline)."""
+    return _metrics(source())
+
+
+def trace_link(trace_id: str) -> str | None:
+    template = source().trace_url
+    return template.replace("{trace_id}", trace_id) if template else None
+
+
+EMPTY_STATE = (
+    "No workflow instances yet — is anything sending spans to :4327? Point an OpenTelemetry SDK or "
+    "collector at OTLP/gRPC `127.0.0.1:4327` or OTLP/HTTP `http://127.0.0.1:4328/v1/traces` "
+    "(or run `coordstate demo`), and make sure your model matches their service and span names "
+    "(`coordstate check MODEL`)."
+)

@@ -1,0 +1,71 @@
+"""Alerts: open and resolved anomalies, what to do about them, and how long they took to heal."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from analytics.queries import literal
+from app.data import REFRESH_S, guarded, source, trace_link
+
+KINDS = ["missing_step", "out_of_order", "duplicate_action", "conflicting_state", "uncompensated_failure", "stalled"]
+
+src = source()
+st.title("Alerts")
+st.caption(src.describe())
+c1, c2, c3 = st.columns([1, 2, 1])
+show = c1.radio("Show", ["Open", "Resolved", "All"], horizontal=True)
+kinds = c2.multiselect("Kind", KINDS, placeholder="any kind")
+severity = c3.multiselect("Severity", ["critical", "warning"], placeholder="any severity")
+
+
+def alerts_sql() -> str:
+    where = ["TRUE"]
+    if show == "Open":
+        where.append("resolved_at IS NULL")
+    elif show == "Resolved":
+        where.append("resolved_at IS NOT NULL")
+    if kinds:
+        where.append("kind IN (" + ", ".join(literal(k) for k in kinds) + ")")
+    if severity:
+        where.append("severity IN (" + ", ".join(literal(s) for s in severity) + ")")
+    return (
+        "SELECT severity, kind, workflow, instance_key, step, message, suggested_action, opened_at, resolved_at, "
+        "epoch(coalesce(resolved_at, now()::TIMESTAMP) - opened_at) AS age_seconds, "
+        "epoch(resolved_at - opened_at) AS healed_after_seconds, "
+        "evidence[1].trace_id AS trace_id "
+        f"FROM anomalies WHERE {' AND '.join(where)} "
+        "ORDER BY resolved_at IS NOT NULL, severity, opened_at DESC LIMIT 1000"
+    )
+
+
+@st.fragment(run_every=REFRESH_S if src.live else None)
+def alerts() -> None:
+    rows = guarded(alerts_sql())
+    if rows.empty:
+        st.success("No anomalies match." if kinds or severity or show != "Open" else "No open anomalies.")
+        return
+    open_count = int(rows["resolved_at"].isna().sum())
+    cols = st.columns(3)
+    cols[0].metric("Shown", len(rows))
+    cols[1].metric("Open", open_count)
+    healed = rows["healed_after_seconds"].dropna()
+    cols[2].metric("Median time to heal", f"{healed.median():.1f} s" if not healed.empty else "—")
+    rows["trace"] = [trace_link(t) if isinstance(t, str) else None for t in rows["trace_id"]]
+    column_config: dict[str, object] = {
+        "suggested_action": st.column_config.TextColumn("suggested action", width="large"),
+        "message": st.column_config.TextColumn("message", width="large"),
+        "age_seconds": st.column_config.NumberColumn("age (s)", format="%.1f"),
+        "healed_after_seconds": st.column_config.NumberColumn("healed after (s)", format="%.1f"),
+    }
+    if src.trace_url:
+        column_config["trace"] = st.column_config.LinkColumn("trace", display_text="open trace")
+    visible = [c for c in rows.columns if c != "trace_id" and (c != "trace" or src.trace_url)]
+    st.dataframe(pd.DataFrame(rows[visible]), hide_index=True, width="stretch", column_config=column_config)
+    if not src.trace_url:
+        st.caption(
+            "Set a trace link template (`coordstate ui --trace-url 'http://jaeger:16686/trace/{trace_id}'`) to jump to the evidence."
+        )
+
+
+alerts()

@@ -1,0 +1,94 @@
+"""Overview: per workflow, instances by status, convergence, open anomalies, ingest health."""
+
+from __future__ import annotations
+
+import time
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from analytics import queries
+from app.data import EMPTY_STATE, REFRESH_S, DataError, guarded, metrics, source
+
+STATUS_COLORS = alt.Scale(
+    domain=["converged", "compensated", "running", "stalled", "diverged"],
+    range=["#2e7d32", "#81c784", "#64b5f6", "#ffb300", "#e53935"],
+)
+
+src = source()
+st.title("Where every process stands")
+st.caption(src.describe())
+
+
+def workflow_cards(status: pd.DataFrame) -> None:
+    for row in status.itertuples():
+        st.subheader(f"Workflow `{row.workflow}`")
+        cols = st.columns(6)
+        cols[0].metric("Instances", f"{row.instances:,}")
+        cols[1].metric("Convergence rate", f"{row.convergence_rate:.1%}")
+        cols[2].metric("Running", f"{row.running:,}")
+        cols[3].metric("Stalled", f"{row.stalled:,}")
+        cols[4].metric("Diverged", f"{row.diverged:,}")
+        cols[5].metric("Compensated", f"{row.compensated:,}")
+    long = status.melt(id_vars=["workflow"], value_vars=list(queries.STATUSES), var_name="status", value_name="count")
+    chart = (
+        alt.Chart(long)
+        .mark_bar(size=26)
+        .encode(
+            y=alt.Y("workflow:N", title=None),
+            x=alt.X("count:Q", stack="normalize", title="share of instances"),
+            color=alt.Color("status:N", scale=STATUS_COLORS, legend=alt.Legend(orient="bottom", columns=5)),
+            tooltip=["workflow", "status", "count"],
+        )
+        .properties(height=50 + 34 * len(status))
+    )
+    st.altair_chart(chart, width="stretch")
+
+
+def open_anomalies() -> None:
+    st.subheader("Open anomalies")
+    anomalies = guarded(queries.OVERVIEW_ANOMALIES)
+    if anomalies.empty:
+        st.success("No open anomalies: every instance is coherent or still within its deadline.")
+        return
+    st.dataframe(anomalies, hide_index=True, width="stretch")
+
+
+def ingest_health() -> None:
+    st.subheader("Ingest health")
+    if not src.live:
+        st.caption("Ingest figures come from a live server; this is an offline file.")
+        return
+    try:
+        m = metrics()
+    except DataError as exc:
+        st.error(str(exc), icon=":material/power_off:")
+        return
+    now = time.monotonic()
+    received = m.get("spans_received_total", 0.0)
+    previous = st.session_state.get("_ingest_sample")
+    rate = (received - previous[1]) / (now - previous[0]) if previous and now > previous[0] else 0.0
+    st.session_state["_ingest_sample"] = (now, received)
+    rejected = sum(v for k, v in m.items() if k.startswith("spans_rejected_total"))
+    cols = st.columns(5)
+    cols[0].metric("Spans/s", f"{rate:,.0f}")
+    cols[1].metric("Spans received", f"{received:,.0f}")
+    cols[2].metric("Rejected", f"{rejected:,.0f}")
+    unkeyed = m.get('spans_dropped_total{reason="unkeyed"}', 0.0)
+    cols[3].metric("Unkeyed", f"{unkeyed:,.0f}")
+    cols[4].metric("Commit latency", f"{m.get('commit_latency_seconds', 0) * 1000:,.1f} ms")
+
+
+@st.fragment(run_every=REFRESH_S if src.live else None)
+def live_overview() -> None:
+    status = guarded(queries.OVERVIEW_STATUS)
+    if status.empty:
+        st.info(EMPTY_STATE, icon=":material/inbox:")
+    else:
+        workflow_cards(status)
+        open_anomalies()
+    ingest_health()
+
+
+live_overview()
