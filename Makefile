@@ -43,7 +43,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test,app,demo]'
+	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
 # The second, independent OTLP client (Node SDK) for the end-to-end tests.

@@ -94,7 +94,7 @@ def _action(
 def findings(wf: WorkflowSpec, state: InstanceState, now_ns: int) -> list[Finding]:
     out: list[Finding] = []
     out += _missing(wf, state, now_ns)
-    out += _out_of_order(wf, state)
+    out += _out_of_order(wf, state, now_ns)
     out += _duplicates(wf, state)
     out += _conflicts(wf, state)
     out += _uncompensated(wf, state, now_ns)
@@ -153,13 +153,18 @@ def _missing(wf: WorkflowSpec, state: InstanceState, now: int) -> list[Finding]:
     return out
 
 
-def _out_of_order(wf: WorkflowSpec, state: InstanceState) -> list[Finding]:
-    """Open while the instance is not coherent; once it is, kept as history (opened and resolved)."""
+def _out_of_order(wf: WorkflowSpec, state: InstanceState, now: int) -> list[Finding]:
+    """A step started before its requirement held in event time.
+
+    A requirement not seen at all may simply not have *arrived* yet (spans come in any order), so
+    it counts only once ``grace`` has passed since the step started. Open while the instance is
+    not coherent; once it is, kept as history (opened and resolved).
+    """
     out = []
     seen: set[str] = set()
     coherent = state.status in (InstanceStatus.CONVERGED, InstanceStatus.COMPENSATED)
     for v in state.violations:
-        if v.step in seen:
+        if v.step in seen or (v.requirement_ns is None and now - v.at.time_ns < wf.grace):
             continue
         seen.add(v.step)
         detail = f"{v.step} started at {clock(v.at.time_ns)} before {v.requirement} held"

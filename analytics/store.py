@@ -371,6 +371,7 @@ class Store:
         for step in wf.steps:
             if step.deadline is not None and state.steps[step.name].state is not StepState.COMPLETED:
                 due.append(state.started_at_ns + step.deadline)
+        due.extend(v.at.time_ns + wf.grace for v in state.violations if v.requirement_ns is None)
         for t in due:
             if t > now:
                 heapq.heappush(self._timers, (t, state.workflow, state.key))

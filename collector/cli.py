@@ -23,9 +23,11 @@ from collector.service import (
     Service,
     StartError,
     load_compiled,
+    resolve_model,
 )
 from collector.summary import summarize
 from collector.ui import DEFAULT_UI_PORT, start_ui, stop_ui, ui_env
+from demo.shop import SCENARIOS, DemoError, parse_scenarios, run_demo
 from processors.model import ModelError, load_model
 
 EXIT_OK = 0
@@ -75,7 +77,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     for warning in service.warnings:
         print(f"coordstate: warning: {warning}", file=sys.stderr, flush=True)
     print(
-        f"coordstate serving model {config.model} into {config.db}\n"
+        f"coordstate serving model {resolve_model(config.model)} into {config.db}\n"
         f"  OTLP/gRPC  {service.grpc_endpoint if service.grpc else 'off'}\n"
         f"  OTLP/HTTP  {service.http_endpoint + '/v1/traces' if service.http else 'off'}\n"
         f"  query API  {service.api_url if service.api else 'off'}\n"
@@ -135,6 +137,71 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    scenarios = parse_scenarios(args.scenario)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(
+        f"coordstate demo: {args.rate:g} orders/s to {args.endpoint}"
+        + (f" for {args.duration:g}s" if args.duration else "")
+        + "; Ctrl-C stops",
+        flush=True,
+    )
+    stats = run_demo(
+        args.endpoint, rate=args.rate, duration_s=args.duration, scenarios=scenarios, stop=stop, seed=args.seed
+    )
+    print("orders placed: " + ", ".join(f"{n} {k}" for k, n in stats.orders.most_common()), flush=True)
+    return EXIT_OK
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    config = ServeConfig(
+        model=args.model, db=args.db, otlp_grpc=args.otlp_grpc, otlp_http=args.otlp_http, api=args.api,
+        token=args.token or os.environ.get("COORDSTATE_TOKEN") or None,
+    )  # fmt: skip
+    scenarios = parse_scenarios(args.scenario) if args.demo else {}
+    service = Service(config)
+    service.start()
+    stop = threading.Event()
+    ui = None
+    demo: threading.Thread | None = None
+    try:
+        for warning in service.warnings:
+            print(f"coordstate: warning: {warning}", file=sys.stderr, flush=True)
+        ui = start_ui(
+            args.ui_port, ui_env(service.api_url, None, config.token, args.trace_url), address=args.ui_address
+        )
+        if args.demo:
+            demo = threading.Thread(
+                target=run_demo, name="demo", daemon=True,
+                kwargs={"endpoint": service.grpc_endpoint, "rate": args.rate, "duration_s": args.duration, "scenarios": scenarios, "stop": stop},
+            )  # fmt: skip
+            demo.start()
+        print(
+            "coordstate is up\n"
+            f"  app        http://{args.ui_address}:{args.ui_port}\n"
+            f"  OTLP/gRPC  {service.grpc_endpoint if service.grpc else 'off'}\n"
+            f"  OTLP/HTTP  {service.http_endpoint + '/v1/traces' if service.http else 'off'}\n"
+            f"  query API  {service.api_url}\n"
+            f"  database   {config.db}  (model {resolve_model(config.model)})\n"
+            + ("  demo       sending orders (a new one every %.1fs)\n" % (1 / args.rate) if args.demo else "")
+            + "Press Ctrl-C to stop everything.",
+            flush=True,
+        )
+        _wait_for_signal(lambda: ui is not None and ui.poll() is not None)
+    finally:
+        print("coordstate: stopping…", flush=True)
+        stop.set()
+        if demo is not None:
+            demo.join(timeout=30)
+        if ui is not None:
+            stop_ui(ui)
+        service.stop()
+        print("coordstate: stopped; the database is consistent.", flush=True)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coordstate",
@@ -172,12 +239,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ui.set_defaults(func=_cmd_ui)
 
+    up = sub.add_parser("up", help="server + app (+ demo traffic with --demo), all in one; Ctrl-C stops everything")
+    _model_db(up)
+    _listeners(up)
+    up.add_argument("--ui-port", type=int, default=DEFAULT_UI_PORT, help="(default %(default)s)")
+    up.add_argument("--ui-address", default="127.0.0.1", help="(default %(default)s)")
+    up.add_argument(
+        "--trace-url", default=None, metavar="TEMPLATE", help="trace link, e.g. http://localhost:16686/trace/{trace_id}"
+    )
+    up.add_argument("--demo", action="store_true", help="also run the demo shop against the server")
+    _demo_options(up)
+    up.set_defaults(func=_cmd_up)
+
+    demo = sub.add_parser(
+        "demo", help="demo traffic: an instrumented order system with fault scenarios, over OTLP/gRPC"
+    )
+    demo.add_argument(
+        "--endpoint", default=DEFAULT_OTLP_GRPC, metavar="HOST:PORT", help="OTLP/gRPC (default %(default)s)"
+    )
+    _demo_options(demo)
+    demo.add_argument("--seed", type=int, default=None, help="random seed (same seed, same scenario sequence)")
+    demo.set_defaults(func=_cmd_demo)
+
     rep = sub.add_parser("replay", help="replay OTLP files (collector file exporter: JSON lines or protobuf)")
     _model_db(rep)
     rep.add_argument("files", nargs="+", metavar="FILE")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
     rep.set_defaults(func=_cmd_replay)
     return parser
+
+
+def _demo_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rate", type=float, default=5.0, help="orders per second (default %(default)s)")
+    p.add_argument(
+        "--duration", type=float, default=None, metavar="S", help="stop after S seconds (default: until Ctrl-C)"
+    )
+    p.add_argument(
+        "--scenario", action="append", default=[], metavar="NAME=RATE",
+        help=f"share of orders per fault scenario, e.g. declined=0.2 (defaults: {', '.join(f'{k}={v:g}' for k, v in SCENARIOS.items())})",
+    )  # fmt: skip
 
 
 def _listeners(p: argparse.ArgumentParser) -> None:
@@ -212,6 +312,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ClientError as exc:
         print(f"coordstate: {exc}", file=sys.stderr)
         code = EXIT_USAGE if isinstance(exc, QueryFailed) and exc.status in (400, 403) else EXIT_FAILURE
+    except DemoError as exc:
+        print(f"coordstate: {exc}", file=sys.stderr)
+        code = EXIT_USAGE
     except ReplayError as exc:
         print(f"coordstate: {exc}", file=sys.stderr)
         code = EXIT_FAILURE

@@ -68,9 +68,18 @@ class ServeConfig:
     query_max_rows: int = 100_000
 
 
+def resolve_model(path: str) -> str:
+    """The default model is found from the working directory, else from the source checkout."""
+    if path == DEFAULT_MODEL and not Path(path).exists():
+        beside = Path(__file__).resolve().parent.parent / DEFAULT_MODEL
+        if beside.exists():
+            return str(beside)
+    return path
+
+
 def load_compiled(path: str) -> CompiledModel:
     try:
-        return CompiledModel(load_model(path))
+        return CompiledModel(load_model(resolve_model(path)))
     except ModelError as exc:
         raise BadModel(f"the model is not valid:\n{exc}") from exc
 

@@ -20,7 +20,7 @@ Status rules (DESIGN.md §4), evaluated at every transition and at every timer i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from processors.model import WorkflowSpec
 from processors.types import STATE_RANK, InstanceStatus, StepState, Transition
@@ -54,6 +54,8 @@ class OrderViolation:
     step: str
     requirement: str
     at: Evidence
+    #: when the requirement was reached after all (None: not seen yet — it may still arrive)
+    requirement_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +167,7 @@ class _Fold:
             for req_step, req_state in self.requires.get(tr.step, ()):
                 reached = self.first[req_step].get(req_state)
                 if reached is None or reached > tr.event_time_ns:
-                    self.violations.append(OrderViolation(tr.step, f"{req_step}.{req_state}", ev))
+                    self.violations.append(OrderViolation(tr.step, f"{req_step}.{req_state}", ev, reached))
         if tr.state is StepState.COMPLETED:
             self.completions[tr.step].setdefault(tr.span_id, ev)
         elif tr.state is StepState.FAILED:
@@ -258,7 +260,13 @@ def fold(wf: WorkflowSpec, key: str, transitions: Iterable[Transition], now_ns: 
         converged_at_ns=converged_at,
         history=tuple(history),
         trace_ids=tuple(sorted({t.trace_id for t in ordered})),
-        violations=tuple(f.violations),
+        violations=tuple(
+            replace(
+                v,
+                requirement_ns=f.first[v.requirement.partition(".")[0]].get(StepState(v.requirement.partition(".")[2])),
+            )
+            for v in f.violations
+        ),
         conflicts=f.conflicts(),
         transition_count=len(ordered),
         first_failure_ns=f.first_failure,

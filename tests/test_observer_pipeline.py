@@ -118,6 +118,19 @@ def test_out_of_order_is_kept_even_when_the_order_converged_in_the_same_batch(ru
     assert len(run.anomalies("o-ooo")) == 1
 
 
+def test_arrival_order_alone_never_raises_out_of_order(run: Run) -> None:
+    """The shipping service exports before the inventory service: no anomaly, the order is fine."""
+    from tests.scenarios import HAPPY, Order
+
+    order = Order("o-arrival", (HAPPY[0], HAPPY[2]), late=(HAPPY[1],))
+    root = run.emitter.emit(order, T0)
+    run.at(1.5)
+    run.emitter.emit_late(order, T0, root)
+    run.at(10)
+    assert run.status("o-arrival") == "converged"
+    assert run.anomalies("o-arrival") == []
+
+
 def test_out_of_order_opens_while_the_precondition_is_missing(run: Run) -> None:
     from tests.scenarios import Order, S
 
@@ -130,11 +143,14 @@ def test_out_of_order_opens_while_the_precondition_is_missing(run: Run) -> None:
         ),
     )
     root = run.emitter.emit(order, T0)
+    # payment may simply not have *arrived* yet: nothing is raised within grace (5s) of the start
+    assert run.anomalies("o-ooo2") == []
+    run.at(5.2)
     rows = run.anomalies("o-ooo2")
     assert [(r[0], r[1]) for r in rows] == [("out_of_order", "shipment")]
     assert "shipment started at 08:53:20.050 before payment.completed held" in rows[0][5]
     assert rows[0][6].startswith("hold shipment of o-ooo2 and verify payment.completed")
-    run.clock.set(T0 + 2 * SECOND)
+    run.clock.set(T0 + 6 * SECOND)
     run.emitter.emit_late(order, T0, root)
     assert run.status("o-ooo2") == "converged"
     assert run.anomalies("o-ooo2")[0][4] is not None  # resolved
