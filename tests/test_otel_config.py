@@ -1,0 +1,53 @@
+"""The shipped collector configs are consistent: every referenced component is defined, the
+coordstate exporter points at coordstate's port with a queue and retries, and models check out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from processors.model import load_model
+from tests.helpers import ROOT
+
+CONFIGS = ROOT / "otel-config"
+
+
+def load(name: str) -> dict:  # type: ignore[type-arg]
+    return yaml.safe_load((CONFIGS / name).read_text())
+
+
+def test_collector_config_fans_out_to_backend_and_coordstate() -> None:
+    cfg = load("collector.yaml")
+    traces = cfg["service"]["pipelines"]["traces"]
+    assert traces["exporters"] == ["otlp/backend", "otlp/coordstate"]
+    for kind in ("receivers", "processors", "exporters"):
+        for name in traces.get(kind, []):
+            assert name in cfg[kind], f"{kind} {name} is used but not defined"
+    assert set(cfg["service"]["extensions"]) <= set(cfg["extensions"])
+    exporter = cfg["exporters"]["otlp/coordstate"]
+    assert exporter["endpoint"].endswith(":4327")
+    assert exporter["sending_queue"]["enabled"] is True
+    assert exporter["retry_on_failure"]["enabled"] is True
+    assert traces["processors"][0] == "memory_limiter"
+
+
+def test_otel_demo_extras_keep_the_demos_own_exporters() -> None:
+    cfg = load("otel-demo-extras.yaml")
+    exporters = cfg["service"]["pipelines"]["traces"]["exporters"]
+    assert exporters[-1] == "otlp/coordstate"
+    assert {"otlp", "debug", "spanmetrics"} <= set(exporters)
+    assert cfg["exporters"]["otlp/coordstate"]["endpoint"] == "host.docker.internal:4327"
+
+
+def test_load_balancing_sketch_routes_by_trace() -> None:
+    cfg = load("load-balancing.yaml")
+    lb = cfg["exporters"]["load_balancing"]
+    assert lb["routing_key"] == "traceID"
+    assert all(h.endswith(":4327") for h in lb["resolver"]["static"]["hostnames"])
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "models").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_models_load(path: Path) -> None:
+    assert load_model(path).workflows
