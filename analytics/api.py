@@ -36,6 +36,7 @@ REJECT_REASONS = (
     "invalid_parent_span_id",
     "end_before_start",
     "missing_start_time",
+    "time_out_of_range",
 )
 MAX_SQL_BYTES = 1024 * 1024
 

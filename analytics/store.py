@@ -21,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +128,9 @@ class Store:
         self._idle = threading.Condition()
         self._inflight = 0
         self._real_path = ""
+        #: test seam for storage faults: called inside each transaction just before COMMIT; an
+        #: exception it raises is handled exactly like a failing disk
+        self.fault: Callable[[], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def open(self) -> None:
@@ -272,9 +275,16 @@ class Store:
         now = self.clock.now_ns()
         started = time.perf_counter()
         result = StepResult()
-        for req in batch:
-            result.merge(self._processor.process(req.records, now))
-        ok = self._persist(result, set(), now)
+        try:
+            for req in batch:
+                result.merge(self._processor.process(req.records, now))
+        except Exception:  # a bug must cost one batch (retryable), never the writer thread
+            log.exception("processing a batch failed; rebuilding state from the database")
+            self.telemetry.add("commit_failures")
+            self._rollback_and_rebuild(in_transaction=False)
+            ok = False
+        else:
+            ok = self._persist(result, set(), now)
         elapsed = time.perf_counter() - started
         nspans = sum(len(r.records) for r in batch)
         for req in batch:
@@ -294,6 +304,14 @@ class Store:
             self._idle.notify_all()
 
     def _tick(self) -> None:
+        try:
+            self._tick_once()
+        except Exception:  # never let a tick kill the writer
+            log.exception("a tick failed; rebuilding state from the database")
+            self.telemetry.add("commit_failures")
+            self._rollback_and_rebuild(in_transaction=False)
+
+    def _tick_once(self) -> None:
         now = self.clock.now_ns()
         result = self._processor.tick(now)
         due: set[InstanceId] = set()
@@ -329,8 +347,10 @@ class Store:
             self._insert("_pending", rows.pending_table(insert))
             open_counts = self.observer.observe(con, states, now) if self.observer and states else {}
             self._write_instances(states, open_counts)
+            if self.fault is not None:
+                self.fault()
             con.execute("COMMIT")
-        except (duckdb.Error, OSError) as exc:
+        except Exception as exc:  # disk full, I/O error, an injected fault, a bug: retryable for senders
             log.error("commit failed, rolling back and rebuilding state from the database: %s", exc)
             self.telemetry.add("commit_failures")
             self._rollback_and_rebuild()
@@ -377,15 +397,16 @@ class Store:
                 heapq.heappush(self._timers, (t, state.workflow, state.key))
 
     # -- restart and recovery ---------------------------------------------------------------
-    def _rollback_and_rebuild(self) -> None:
-        with contextlib.suppress(duckdb.Error):
-            self._con.execute("ROLLBACK")
+    def _rollback_and_rebuild(self, *, in_transaction: bool = True) -> None:
+        if in_transaction:
+            with contextlib.suppress(duckdb.Error):
+                self._con.execute("ROLLBACK")
         self._processor = Processor(self.model)
         self._timers.clear()
         self._last.clear()
         try:
             self._restore()
-        except duckdb.Error as exc:  # the database itself is unreadable: keep serving errors
+        except Exception as exc:  # the database itself is unreadable: keep serving (retryable) errors
             log.error("cannot rebuild state from the database: %s", exc)
 
     def _restore(self) -> None:

@@ -28,6 +28,7 @@ from processors.matching import CompiledModel
 from processors.types import AttrValue, SpanEvent, SpanLink, SpanRecord
 
 STATUS_CODE_ERROR = 2
+MAX_TIME_NS = (1 << 63) - 1  # int64 nanoseconds: what Arrow and DuckDB timestamps hold
 MAX_MESSAGES = 3
 
 
@@ -123,6 +124,8 @@ def _problem(sp: Any) -> tuple[str, str] | None:
         )
     if sp.start_time_unix_nano == 0:
         return "missing_start_time", f"span {sp.name!r}: start_time_unix_nano is 0"
+    if sp.end_time_unix_nano > MAX_TIME_NS:
+        return "time_out_of_range", f"span {sp.name!r}: end_time_unix_nano is beyond the year 2262"
     return None
 
 
@@ -150,7 +153,15 @@ def decode_request(request: ExportTraceServiceRequest, model: CompiledModel) -> 
                 sid = sp.span_id
                 start = sp.start_time_unix_nano
                 end = sp.end_time_unix_nano
-                if len(tid) != 16 or len(sid) != 8 or end < start or not start or tid == _ZERO16 or sid == _ZERO8:
+                if (
+                    len(tid) != 16
+                    or len(sid) != 8
+                    or end < start
+                    or not start
+                    or end > MAX_TIME_NS
+                    or tid == _ZERO16
+                    or sid == _ZERO8
+                ):
                     out.reject(*(_problem(sp) or ("invalid_span", f"span {sp.name!r} is malformed")))
                     continue
                 if sp.parent_span_id and len(sp.parent_span_id) != 8:
@@ -203,8 +214,13 @@ def _record(
 
 
 def _events(sp: Any, service: str, model: CompiledModel, wanted: frozenset[str]) -> tuple[SpanEvent, ...]:
+    """Events a step matches; an event time of 0 or out of range falls back to the span's end."""
     return tuple(
-        SpanEvent(ev.name, ev.time_unix_nano or sp.end_time_unix_nano, _project(ev.attributes, wanted))
+        SpanEvent(
+            ev.name,
+            ev.time_unix_nano if 0 < ev.time_unix_nano <= MAX_TIME_NS else sp.end_time_unix_nano,
+            _project(ev.attributes, wanted),
+        )
         for ev in sp.events
         if model.event_steps(service, ev.name)
     )
