@@ -12,7 +12,8 @@ Errors (mapped to HTTP by the API; the CLI prints them):
     QueryError
     ├── QueryRefused    403: not a read-only query
     ├── QueryInvalid    400: DuckDB could not parse, bind or run it (its own message)
-    └── QueryTimeout    408: cut by the time limit
+    ├── QueryTimeout    408: cut by the time limit
+    └── QueryTooLarge   422: needs more memory than the database's limit
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class QueryInvalid(QueryError):
 
 class QueryTimeout(QueryError):
     status = 408
+
+
+class QueryTooLarge(QueryError):
+    status = 422
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +112,10 @@ def run_query(
         except duckdb.InterruptException as exc:
             raise QueryTimeout(
                 f"the query ran longer than {timeout_s:g}s and was stopped; narrow it (WHERE, LIMIT, a time window)"
+            ) from exc
+        except duckdb.OutOfMemoryException as exc:
+            raise QueryTooLarge(
+                f"the query needs more memory than coordstate allows ({exc}); narrow it (WHERE, LIMIT, fewer columns)"
             ) from exc
         except duckdb.PermissionException as exc:
             raise QueryRefused(f"refused: {exc}") from exc

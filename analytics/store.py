@@ -108,6 +108,7 @@ class Store:
         max_batch_spans: int = 50_000,
         tick_interval_s: float | None = 0.5,
         observer: ObserverProtocol | None = None,
+        memory_limit: str | None = None,
     ) -> None:
         self.path = str(path)
         self.model = model
@@ -115,6 +116,8 @@ class Store:
         self.telemetry = telemetry or Telemetry()
         self.max_batch_spans = max_batch_spans
         self.tick_interval_s = tick_interval_s
+        #: DuckDB's memory limit for the whole database (e.g. "2GB"): bounds user queries too
+        self.memory_limit = memory_limit
         self.observer: ObserverProtocol = observer if observer is not None else Observer(model, self.telemetry)
         self._queue: queue.Queue[_Request | object] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -161,6 +164,8 @@ class Store:
             raise StoreOpenError(f"cannot prepare the database {self.path}: {exc}") from exc
         # user SQL runs on cursors of this database: no files, no network, no extensions, and
         # no way to change that back (see analytics/sandbox.py)
+        if self.memory_limit:
+            self._con.execute("SET memory_limit = ?", [self.memory_limit])
         self._con.execute("SET enable_external_access = false")
         self._con.execute("SET autoinstall_known_extensions = false")
         self._con.execute("SET autoload_known_extensions = false")

@@ -71,6 +71,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         otlp_http=args.otlp_http,
         api=args.api,
         token=args.token or os.environ.get("COORDSTATE_TOKEN") or None,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        memory_limit=args.memory_limit,
+        max_bytes_in_flight=args.max_inflight_mb * 1024 * 1024,
     )
     service = Service(config)
     service.start()
@@ -159,6 +163,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
     config = ServeConfig(
         model=args.model, db=args.db, otlp_grpc=args.otlp_grpc, otlp_http=args.otlp_http, api=args.api,
         token=args.token or os.environ.get("COORDSTATE_TOKEN") or None,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        memory_limit=args.memory_limit,
+        max_bytes_in_flight=args.max_inflight_mb * 1024 * 1024,
     )  # fmt: skip
     scenarios = parse_scenarios(args.scenario) if args.demo else {}
     service = Service(config)
@@ -289,6 +297,18 @@ def _listeners(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--api", default=DEFAULT_API, metavar="HOST:PORT", help="read-only query API (default %(default)s)")
     p.add_argument("--token", default=None, help="require this bearer token on every endpoint (or COORDSTATE_TOKEN)")
+    p.add_argument("--tls-cert", default=None, metavar="PEM", help="certificate chain: TLS on every listener")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="private key for --tls-cert")
+    p.add_argument(
+        "--memory-limit", default=None, metavar="SIZE", help="DuckDB memory limit, user queries included (e.g. 2GB)"
+    )
+    p.add_argument(
+        "--max-inflight-mb",
+        type=int,
+        default=256,
+        metavar="MB",
+        help="request bytes in flight before overload answers (default %(default)s)",
+    )
 
 
 def _model_db(p: argparse.ArgumentParser) -> None:

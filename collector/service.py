@@ -66,6 +66,11 @@ class ServeConfig:
     tick_interval_s: float = 0.5
     query_timeout_s: float = 10.0
     query_max_rows: int = 100_000
+    #: DuckDB memory limit for the database (user queries included), e.g. "2GB"; None: DuckDB's default
+    memory_limit: str | None = None
+    #: PEM certificate chain and private key: TLS on OTLP/gRPC, OTLP/HTTP and the query API
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 def resolve_model(path: str) -> str:
@@ -96,6 +101,7 @@ class Service:
             self.clock,
             self.telemetry,
             tick_interval_s=config.tick_interval_s,
+            memory_limit=config.memory_limit,
         )
         self.intake = Intake(self.model, self.store, self.telemetry, Admission(config.max_bytes_in_flight))
         self.grpc: GrpcReceiver | None = None
@@ -110,8 +116,9 @@ class Service:
         except StoreOpenError as exc:
             raise StartError(str(exc)) from exc
         try:
+            tls_files, tls_pem = self._tls()
             if self.config.otlp_grpc:
-                self.grpc = GrpcReceiver(self.intake, self.config.otlp_grpc, token=self.config.token)
+                self.grpc = GrpcReceiver(self.intake, self.config.otlp_grpc, token=self.config.token, tls=tls_pem)
                 self.grpc.start()
             if self.config.otlp_http:
                 self.http = ThreadedServer(
@@ -119,6 +126,7 @@ class Service:
                     self.config.otlp_http,
                     flag="--otlp-http",
                     what="OTLP/HTTP",
+                    tls=tls_files,
                 )
                 self.http.start()
             if self.config.api:
@@ -133,12 +141,28 @@ class Service:
                     self.config.api,
                     flag="--api",
                     what="query API",
+                    tls=tls_files,
                 )
                 self.api.start()
-        except (ListenError, HttpListenError, ValueError) as exc:
+        except (ListenError, HttpListenError, ValueError, OSError) as exc:
             self.stop()
             raise StartError(str(exc)) from exc
         self.warnings = self._exposure_warnings()
+
+    def _tls(self) -> tuple[tuple[str, str] | None, tuple[bytes, bytes] | None]:
+        cert, key = self.config.tls_cert, self.config.tls_key
+        if not cert and not key:
+            return None, None
+        if not (cert and key):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        try:
+            return (cert, key), (Path(cert).read_bytes(), Path(key).read_bytes())
+        except OSError as exc:
+            raise ValueError(f"cannot read the TLS certificate or key: {exc}") from exc
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.config.tls_cert else "http"
 
     def _exposure_warnings(self) -> list[str]:
         if self.config.token:
@@ -185,9 +209,9 @@ class Service:
     @property
     def api_url(self) -> str:
         assert self.api is not None
-        return f"http://{self.api.host}:{self.api.port}"
+        return f"{self.scheme}://{self.api.host}:{self.api.port}"
 
     @property
     def http_endpoint(self) -> str:
         assert self.http is not None
-        return f"http://{self.http.host}:{self.http.port}"
+        return f"{self.scheme}://{self.http.host}:{self.http.port}"
