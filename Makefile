@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: up test lint fmt bench check clean browser screenshots
+.PHONY: up test lint fmt bench soak check clean browser screenshots
 
 up: $(STAMP)
 	$(VENV)/bin/coordstate up --demo
@@ -34,6 +34,10 @@ fmt: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/queries.py
+
+# The reliability campaign at full counts (+ >= 10 minutes of fuzzing); prints the README table.
+soak: $(STAMP) browser
+	bash bench/soak.sh
 
 check: $(STAMP)
 	$(VENV)/bin/coordstate check otel-config/models/*.yaml

@@ -53,6 +53,10 @@ class Observer:
             self._open.setdefault((wf, key), {})[(kind, step)] = OpenAnomaly(aid, kind)
         self._publish()
 
+    def forget(self, instance: InstanceId) -> None:
+        """The instance's history was deleted (retention)."""
+        self._open.pop(instance, None)
+
     def open_counts(self) -> Counter[str]:
         return Counter(a.kind for per in self._open.values() for a in per.values())
 

@@ -21,6 +21,13 @@ TS_US = pa.timestamp("us")
 STR_MAP = pa.map_(pa.string(), pa.string())
 
 
+def timestamp_literal(ns: int) -> str:
+    """``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC) for a nanosecond timestamp, for SQL parameters."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ns // 1000 / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
 def _us(ns: int | None) -> int | None:
     return None if ns is None else ns // 1000
 

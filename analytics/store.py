@@ -43,6 +43,15 @@ from processors.types import TERMINAL_STATUSES, SpanRecord, StepState, Transitio
 log = logging.getLogger(__name__)
 
 RESTORE_TRACE_KEYS = 200_000
+RETENTION_CHUNK = 1_000
+#: (table, event-time column that lets DuckDB skip recent row groups) for retention deletes
+RETAINED_TABLES = (
+    ("transitions", "event_time"),
+    ("spans", "end_time"),
+    ("instance_history", ""),
+    ("anomalies", ""),
+    ("instances", ""),
+)
 
 # DuckDB shares one database instance per file inside a process, so its file lock cannot stop a
 # second Store here from becoming a second writer: this registry does.
@@ -83,6 +92,8 @@ class ObserverProtocol(Protocol):
 
     def restore(self, con: Any) -> None: ...
 
+    def forget(self, instance: InstanceId) -> None: ...
+
     def observe(self, con: Any, states: Sequence[InstanceState], now_ns: int) -> dict[InstanceId, int]:
         """Write anomaly changes; return open anomaly counts of the given instances."""
         ...
@@ -109,6 +120,7 @@ class Store:
         tick_interval_s: float | None = 0.5,
         observer: ObserverProtocol | None = None,
         memory_limit: str | None = None,
+        retention_ns: int | None = None,
     ) -> None:
         self.path = str(path)
         self.model = model
@@ -118,6 +130,8 @@ class Store:
         self.tick_interval_s = tick_interval_s
         #: DuckDB's memory limit for the whole database (e.g. "2GB"): bounds user queries too
         self.memory_limit = memory_limit
+        #: history of terminal instances older than this is deleted, RETENTION_CHUNK at a time
+        self.retention_ns = retention_ns if retention_ns is not None else model.model.retention
         self.observer: ObserverProtocol = observer if observer is not None else Observer(model, self.telemetry)
         self._queue: queue.Queue[_Request | object] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -318,6 +332,8 @@ class Store:
 
     def _tick_once(self) -> None:
         now = self.clock.now_ns()
+        if self.retention_ns is not None:
+            self._retain(now)
         result = self._processor.tick(now)
         due: set[InstanceId] = set()
         while self._timers and self._timers[0][0] <= now:
@@ -400,6 +416,46 @@ class Store:
         for t in due:
             if t > now:
                 heapq.heappush(self._timers, (t, state.workflow, state.key))
+
+    # -- retention ----------------------------------------------------------------------------
+    def _retain(self, now: int) -> None:
+        """Delete one bounded chunk of expired terminal instances (one short transaction per tick)."""
+        assert self.retention_ns is not None
+        cutoff = rows.timestamp_literal(now - self.retention_ns)
+        con = self._con
+        expired = con.execute(
+            "SELECT workflow, instance_key FROM instances "
+            "WHERE status IN ('converged', 'compensated', 'diverged') AND updated_at < ?::TIMESTAMP LIMIT ?",
+            [cutoff, RETENTION_CHUNK],
+        ).fetchall()
+        if not expired:
+            return
+        started = time.perf_counter()
+        try:
+            con.execute("BEGIN")
+            con.register("_expired", rows.instance_keys_table((str(w), str(k)) for w, k in expired))
+            for table, time_column in RETAINED_TABLES:
+                window = f" AND {table}.{time_column} < ?::TIMESTAMP" if time_column else ""
+                con.execute(
+                    f"DELETE FROM {table} USING _expired x WHERE {table}.workflow = x.workflow "
+                    f"AND {table}.instance_key = x.instance_key{window}",
+                    [cutoff] if time_column else [],
+                )
+            con.execute("DELETE FROM _trace_keys WHERE learned_at < ?::TIMESTAMP", [cutoff])
+            con.unregister("_expired")
+            con.execute("COMMIT")
+        except Exception as exc:
+            log.error("retention failed, will retry on the next tick: %s", exc)
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            return
+        for w, k in expired:
+            inst = (str(w), str(k))
+            self._processor.table.forget(inst)
+            self._last.pop(inst, None)
+            self.observer.forget(inst)
+        self.telemetry.add("instances_expired", len(expired))
+        self.telemetry.set("retention_chunk_seconds", time.perf_counter() - started)
 
     # -- restart and recovery ---------------------------------------------------------------
     def _rollback_and_rebuild(self, *, in_transaction: bool = True) -> None:

@@ -74,6 +74,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         memory_limit=args.memory_limit,
+        retention=args.retention,
         max_bytes_in_flight=args.max_inflight_mb * 1024 * 1024,
     )
     service = Service(config)
@@ -166,6 +167,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         memory_limit=args.memory_limit,
+        retention=args.retention,
         max_bytes_in_flight=args.max_inflight_mb * 1024 * 1024,
     )  # fmt: skip
     scenarios = parse_scenarios(args.scenario) if args.demo else {}
@@ -301,6 +303,12 @@ def _listeners(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", default=None, metavar="PEM", help="private key for --tls-cert")
     p.add_argument(
         "--memory-limit", default=None, metavar="SIZE", help="DuckDB memory limit, user queries included (e.g. 2GB)"
+    )
+    p.add_argument(
+        "--retention",
+        default=None,
+        metavar="DURATION",
+        help="delete the history of terminal instances older than this (e.g. 7d); overrides the model",
     )
     p.add_argument(
         "--max-inflight-mb",

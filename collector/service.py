@@ -22,7 +22,7 @@ from collector.otlp_grpc import GrpcReceiver, ListenError
 from collector.otlp_http import build_app
 from processors.clock import Clock, WallClock
 from processors.matching import CompiledModel
-from processors.model import ModelError, load_model
+from processors.model import ModelError, load_model, parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,15 @@ DEFAULT_OTLP_GRPC = "127.0.0.1:4327"
 DEFAULT_OTLP_HTTP = "127.0.0.1:4328"
 DEFAULT_API = "127.0.0.1:4329"
 DEFAULT_MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024
+
+
+def parse_retention(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise BadModel(f"--retention {text!r}: write a duration such as 7d or 12h") from exc
 
 
 def is_loopback(address: str) -> bool:
@@ -68,6 +77,8 @@ class ServeConfig:
     query_max_rows: int = 100_000
     #: DuckDB memory limit for the database (user queries included), e.g. "2GB"; None: DuckDB's default
     memory_limit: str | None = None
+    #: overrides the model's ``retention`` (e.g. "7d")
+    retention: str | None = None
     #: PEM certificate chain and private key: TLS on OTLP/gRPC, OTLP/HTTP and the query API
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -102,6 +113,7 @@ class Service:
             self.telemetry,
             tick_interval_s=config.tick_interval_s,
             memory_limit=config.memory_limit,
+            retention_ns=parse_retention(config.retention),
         )
         self.intake = Intake(self.model, self.store, self.telemetry, Admission(config.max_bytes_in_flight))
         self.grpc: GrpcReceiver | None = None

@@ -179,6 +179,8 @@ class ModelFile(_Strict):
     workflows: tuple[WorkflowSpec, ...]
     #: Attributes stored besides the ones the model reads (everything else is never stored).
     allow_attributes: tuple[str, ...] = ()
+    #: Delete the history of terminal instances older than this (None: keep everything).
+    retention: Duration | None = None
 
 
 @dataclass(frozen=True, slots=True)
