@@ -29,29 +29,20 @@ from typing import Any, Protocol
 
 import duckdb
 
-from analytics import rows
+from analytics import persist, rows
 from analytics.observer import Observer
 from analytics.schema import migrate
 from analytics.telemetry import Telemetry
 from processors.clock import Clock
-from processors.correlate import LearnedKey, PendingSpan, Processor, StepResult
+from processors.correlate import Processor, StepResult
 from processors.fold import InstanceState
 from processors.matching import CompiledModel
 from processors.state import InstanceId
-from processors.types import TERMINAL_STATUSES, SpanRecord, StepState, Transition
+from processors.types import TERMINAL_STATUSES, SpanRecord, StepState
 
 log = logging.getLogger(__name__)
 
-RESTORE_TRACE_KEYS = 200_000
 RETENTION_CHUNK = 1_000
-#: (table, event-time column that lets DuckDB skip recent row groups) for retention deletes
-RETAINED_TABLES = (
-    ("transitions", "event_time"),
-    ("spans", "end_time"),
-    ("instance_history", ""),
-    ("anomalies", ""),
-    ("instances", ""),
-)
 
 # DuckDB shares one database instance per file inside a process, so its file lock cannot stop a
 # second Store here from becoming a second writer: this registry does.
@@ -142,8 +133,6 @@ class Store:
         self._processor = Processor(model)
         self._timers: list[tuple[int, str, str]] = []
         self._last: dict[InstanceId, tuple[str, int]] = {}
-        self._idle = threading.Condition()
-        self._inflight = 0
         self._real_path = ""
         #: test seam for storage faults: called inside each transaction just before COMMIT; an
         #: exception it raises is handled exactly like a failing disk
@@ -224,8 +213,6 @@ class Store:
         if self._closed.is_set():
             future.set_exception(StoreClosed("coordstate is shutting down; retry against the next instance"))
             return future
-        with self._idle:
-            self._inflight += 1
         self._queue.put(_Request(records, future))
         self.telemetry.set("queue_depth", self._queue.qsize())
         return future
@@ -236,11 +223,6 @@ class Store:
             if self._reader_parent is None:
                 raise StoreClosed("the store is closed")
             return self._reader_parent.cursor()
-
-    def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Block until everything submitted so far is committed (tests, replay)."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._inflight == 0, timeout)
 
     def tick_now(self) -> None:
         """Ask the writer for a tick at the clock's current time, and wait for it."""
@@ -318,9 +300,6 @@ class Store:
             self.telemetry.add_dropped(result.dropped)  # type: ignore[arg-type]
         self.telemetry.set("commit_latency_seconds", elapsed)
         self.telemetry.set("pending_spans", self._processor.pending_count)
-        with self._idle:
-            self._inflight -= len(batch)
-            self._idle.notify_all()
 
     def _tick(self) -> None:
         try:
@@ -355,19 +334,9 @@ class Store:
         con = self._con
         try:
             con.execute("BEGIN")
-            self._insert("transitions", rows.transitions_table(result.transitions, now))
-            self._insert("spans", rows.spans_table(result.spans, now))
-            self._insert("_trace_keys", rows.trace_keys_table(result.learned_keys, now))
-            if delete:
-                con.register("_batch_pending_del", rows.pending_idents_table(delete))
-                con.execute(
-                    "DELETE FROM _pending USING _batch_pending_del d WHERE _pending.workflow = d.workflow "
-                    "AND _pending.trace_id = d.trace_id AND _pending.span_id = d.span_id"
-                )
-                con.unregister("_batch_pending_del")
-            self._insert("_pending", rows.pending_table(insert))
-            open_counts = self.observer.observe(con, states, now) if self.observer and states else {}
-            self._write_instances(states, open_counts)
+            persist.write_step(con, result, delete, insert, now)
+            open_counts = self.observer.observe(con, states, now) if states else {}
+            persist.write_instances(con, states, open_counts)
             if self.fault is not None:
                 self.fault()
             con.execute("COMMIT")
@@ -381,26 +350,6 @@ class Store:
             self._last[inst] = (state.status.value, len(state.history))
             self._schedule(state, now)
         return True
-
-    def _insert(self, name: str, table: Any) -> None:
-        if table.num_rows:
-            self._con.register("_batch", table)
-            self._con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _batch")
-            self._con.unregister("_batch")
-
-    def _write_instances(self, states: list[InstanceState], open_counts: dict[InstanceId, int]) -> None:
-        if not states:
-            return
-        con = self._con
-        con.register("_batch_keys", rows.instance_keys_table((s.workflow, s.key) for s in states))
-        for name in ("instances", "instance_history"):
-            con.execute(
-                f"DELETE FROM {name} USING _batch_keys k "
-                f"WHERE {name}.workflow = k.workflow AND {name}.instance_key = k.instance_key"
-            )
-        con.unregister("_batch_keys")
-        self._insert("instances", rows.instances_table(states, open_counts))
-        self._insert("instance_history", rows.history_table(states))
 
     def _schedule(self, state: InstanceState, now: int) -> None:
         if state.status in TERMINAL_STATUSES and state.first_failure_ns is None:
@@ -423,34 +372,20 @@ class Store:
         assert self.retention_ns is not None
         cutoff = rows.timestamp_literal(now - self.retention_ns)
         con = self._con
-        expired = con.execute(
-            "SELECT workflow, instance_key FROM instances "
-            "WHERE status IN ('converged', 'compensated', 'diverged') AND updated_at < ?::TIMESTAMP LIMIT ?",
-            [cutoff, RETENTION_CHUNK],
-        ).fetchall()
+        expired = persist.expired_instances(con, cutoff, RETENTION_CHUNK)
         if not expired:
             return
         started = time.perf_counter()
         try:
             con.execute("BEGIN")
-            con.register("_expired", rows.instance_keys_table((str(w), str(k)) for w, k in expired))
-            for table, time_column in RETAINED_TABLES:
-                window = f" AND {table}.{time_column} < ?::TIMESTAMP" if time_column else ""
-                con.execute(
-                    f"DELETE FROM {table} USING _expired x WHERE {table}.workflow = x.workflow "
-                    f"AND {table}.instance_key = x.instance_key{window}",
-                    [cutoff] if time_column else [],
-                )
-            con.execute("DELETE FROM _trace_keys WHERE learned_at < ?::TIMESTAMP", [cutoff])
-            con.unregister("_expired")
+            persist.delete_history(con, expired, cutoff)
             con.execute("COMMIT")
         except Exception as exc:
             log.error("retention failed, will retry on the next tick: %s", exc)
             with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
             return
-        for w, k in expired:
-            inst = (str(w), str(k))
+        for inst in expired:
             self._processor.table.forget(inst)
             self._last.pop(inst, None)
             self.observer.forget(inst)
@@ -471,45 +406,15 @@ class Store:
             log.error("cannot rebuild state from the database: %s", exc)
 
     def _restore(self) -> None:
-        con = self._con
-        cur = con.execute(
-            "SELECT workflow, instance_key, step, state, epoch_ns(event_time), trace_id, span_id, service, source "
-            "FROM transitions"
-        )
-        known = self.model.workflows
-        transitions = [
-            Transition(r[0], r[1], r[2], StepState(r[3]), r[4], r[5], r[6], r[7], r[8])
-            for r in cur.fetchall()
-            if r[0] in known and r[2] in {s.name for s in known[r[0]].steps}
-        ]
+        restored = persist.load(self._con, self.model)
         table = self._processor.table
-        table.restore(transitions)
-        keys = [
-            LearnedKey(*r)
-            for r in con.execute(
-                "SELECT workflow, trace_id, instance_key FROM _trace_keys ORDER BY learned_at LIMIT ?",
-                [RESTORE_TRACE_KEYS],
-            ).fetchall()
-        ]
-        pending = [
-            PendingSpan(r[0], rows.span_from_payload(r[3]), r[2], r[1])
-            for r in con.execute(
-                "SELECT workflow, instance_key, arrived_ns, payload FROM _pending ORDER BY arrived_ns"
-            ).fetchall()
-        ]
-        self._processor.restore(keys, pending)
+        table.restore(restored.transitions)
+        self._processor.restore(restored.keys, restored.pending)
+        self.observer.restore(self._con)
         now = self.clock.now_ns()
-        self.observer.restore(con)
-        stored = {
-            (r[0], r[1]): (str(r[2]), int(r[3]))
-            for r in con.execute(
-                "SELECT i.workflow, i.instance_key, i.status, count(h.status) FROM instances i "
-                "LEFT JOIN instance_history h USING (workflow, instance_key) GROUP BY ALL"
-            ).fetchall()
-        }
         for inst in table:
             state = table.state(inst, now)
-            self._last[inst] = stored.get(inst, ("", 0))
+            self._last[inst] = restored.stored.get(inst, ("", 0))
             self._schedule(state, now)
             if self._last[inst] != (state.status.value, len(state.history)):
                 heapq.heappush(self._timers, (now, state.workflow, state.key))

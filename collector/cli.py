@@ -63,8 +63,9 @@ def _wait_for_signal(done: Callable[[], bool] = lambda: False) -> None:
             return
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    config = ServeConfig(
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """The server's settings from `serve`'s (and `up`'s) options."""
+    return ServeConfig(
         model=args.model,
         db=args.db,
         otlp_grpc=args.otlp_grpc,
@@ -77,6 +78,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         retention=args.retention,
         max_bytes_in_flight=args.max_inflight_mb * 1024 * 1024,
     )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    config = serve_config(args)
     service = Service(config)
     service.start()
     for warning in service.warnings:
@@ -161,15 +166,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    config = ServeConfig(
-        model=args.model, db=args.db, otlp_grpc=args.otlp_grpc, otlp_http=args.otlp_http, api=args.api,
-        token=args.token or os.environ.get("COORDSTATE_TOKEN") or None,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        memory_limit=args.memory_limit,
-        retention=args.retention,
-        max_bytes_in_flight=args.max_inflight_mb * 1024 * 1024,
-    )  # fmt: skip
+    config = serve_config(args)
     scenarios = parse_scenarios(args.scenario) if args.demo else {}
     service = Service(config)
     service.start()

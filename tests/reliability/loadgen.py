@@ -55,15 +55,12 @@ def _worker(endpoint: str, payloads: list[bytes], rate: float, seconds: float, o
     out.put(dict(counts))
 
 
-def open_loop(
-    endpoint: str, payloads: list[bytes], requests_per_s: float, seconds: float, processes: int = 2
-) -> Counter[str]:
+def _spawn(target: Any, args: tuple[Any, ...], processes: int, seconds: float) -> Counter[str]:
+    """Run ``target(*args, out)`` in spawned processes (never forked: gRPC threads do not survive
+    a fork) and add up the answers they report."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [
-        ctx.Process(target=_worker, args=(endpoint, payloads, requests_per_s / processes, seconds, out))
-        for _ in range(processes)
-    ]
+    procs = [ctx.Process(target=target, args=(*args, out)) for _ in range(processes)]
     for p in procs:
         p.start()
     total: Counter[str] = Counter()
@@ -72,6 +69,13 @@ def open_loop(
     for p in procs:
         p.join(timeout=30)
     return total
+
+
+def open_loop(
+    endpoint: str, payloads: list[bytes], requests_per_s: float, seconds: float, processes: int = 2
+) -> Counter[str]:
+    """Requests fired on schedule, whatever the answers: offered load independent of capacity."""
+    return _spawn(_worker, (endpoint, payloads, requests_per_s / processes, seconds), processes, seconds)
 
 
 def _closed_worker(endpoint: str, payloads: list[bytes], seconds: float, threads: int, out: Any) -> None:
@@ -106,16 +110,4 @@ def closed_loop(
     endpoint: str, payloads: list[bytes], seconds: float, processes: int = 2, threads: int = 2
 ) -> Counter[str]:
     """Senders that each wait for their answer: what the server can commit (its capacity)."""
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [
-        ctx.Process(target=_closed_worker, args=(endpoint, payloads, seconds, threads, out)) for _ in range(processes)
-    ]
-    for p in procs:
-        p.start()
-    total: Counter[str] = Counter()
-    for _ in procs:
-        total.update(out.get(timeout=seconds + 180))
-    for p in procs:
-        p.join(timeout=30)
-    return total
+    return _spawn(_closed_worker, (endpoint, payloads, seconds, threads), processes, seconds)

@@ -7,16 +7,14 @@ from __future__ import annotations
 import random
 import struct
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.trace.export import SpanExportResult
 
 from tests.conftest import query
-from tests.otel_clients import encode, grpc_exporter, recorded_order
 from tests.procs import COORDSTATE, ServerProcess
+from tests.reliability.clients import RetryingOrders
 from tests.reliability.report import SOAK, record
 from tests.test_browser import free_port
 
@@ -31,44 +29,13 @@ COMPARE = {
 }
 
 
-class Client(threading.Thread):
-    """Streams orders; each export is re-sent until acknowledged (a retrying exporter)."""
-
-    def __init__(self, endpoint: str, trial: int) -> None:
-        super().__init__(daemon=True)
-        self.exporter = grpc_exporter(endpoint, timeout=20)
-        self.rng = random.Random(trial)
-        self.trial = trial
-        self.stop = threading.Event()
-        self.acked: list[bytes] = []
-        self.acked_span_ids: set[str] = set()
-        self.attempts = 0
-
-    def run(self) -> None:
-        i = 0
-        while not self.stop.is_set():
-            spans, _ = recorded_order(f"t{self.trial}-order-{i}")
-            i += 1
-            if self.rng.random() < 0.4:  # children first, root later: exercises the key buffer
-                parts = [[s for s in spans if s.name != "PlaceOrder"], [s for s in spans if s.name == "PlaceOrder"]]
-            else:
-                parts = [spans]
-            for part in parts:
-                while True:
-                    self.attempts += 1
-                    if self.exporter.export(part) == SpanExportResult.SUCCESS:
-                        break
-                self.acked.append(encode(part).SerializeToString())
-                self.acked_span_ids |= {f"{s.context.span_id:016x}" for s in part}
-
-
 @pytest.mark.parametrize("trial", range(TRIALS))
 def test_sigkill_loses_no_acknowledged_span(trial: int, tmp_path: Path) -> None:
     db = tmp_path / "live.duckdb"
     ports = ["--otlp-grpc", f"127.0.0.1:{free_port()}"]
     rng = random.Random(1000 + trial)
     server = ServerProcess(db, *ports)
-    client = Client(server.grpc, trial)
+    client = RetryingOrders(server.grpc, f"t{trial}-order", split=0.4, seed=trial, timeout=20)
     client.start()
     try:
         time.sleep(rng.uniform(0.3, 1.5))  # let traffic flow; then crash at a random moment
@@ -76,10 +43,8 @@ def test_sigkill_loses_no_acknowledged_span(trial: int, tmp_path: Path) -> None:
         server = ServerProcess(db, *ports)
         time.sleep(0.8)  # traffic continues against the restarted server
     finally:
-        client.stop.set()
-        client.join(timeout=120)
+        client.finish()
         assert server.terminate() == 0
-    assert not client.is_alive()
 
     stored = {r[0] for r in query(db, "SELECT span_id FROM spans")}
     lost = client.acked_span_ids - stored
@@ -88,7 +53,7 @@ def test_sigkill_loses_no_acknowledged_span(trial: int, tmp_path: Path) -> None:
     assert lost == set()
 
     replay_file = tmp_path / "acked.binpb"
-    replay_file.write_bytes(b"".join(struct.pack(">I", len(m)) + m for m in client.acked))
+    replay_file.write_bytes(b"".join(struct.pack(">I", len(m)) + m for m in client.acked_requests))
     clean = tmp_path / "replay.duckdb"
     result = subprocess.run(
         [COORDSTATE, "replay", "--quiet", "--db", str(clean), str(replay_file)],

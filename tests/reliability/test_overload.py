@@ -11,12 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from opentelemetry.sdk.trace.export import SpanExportResult
 
 from tests.conftest import query
 from tests.helpers import ROOT
-from tests.otel_clients import grpc_exporter, recorded_order
 from tests.procs import ServerProcess
+from tests.reliability.clients import RetryingOrders
 from tests.reliability.loadgen import closed_loop, open_loop
 from tests.reliability.report import SOAK, record
 
@@ -54,25 +53,13 @@ def test_three_times_capacity(tmp_path: Path) -> None:
     payloads = [b.build_request(seed, 1000) for seed in range(12)]  # type: ignore[attr-defined]
     db = tmp_path / "overload.duckdb"
     server = ServerProcess(db, "--max-inflight-mb", str(INFLIGHT_MB), "--memory-limit", f"{MEMORY_LIMIT_MB}MB")
-    acked: list[str] = []
+    careful = RetryingOrders(server.grpc, "careful")  # a retrying client that must lose nothing
     stop = threading.Event()
-
-    def careful_client() -> None:
-        """A retrying client (the SDK exporter re-sends on UNAVAILABLE) that must lose nothing."""
-        exporter = grpc_exporter(server.grpc, timeout=60)
-        i = 0
-        while not stop.is_set():
-            spans, _ = recorded_order(f"careful-{i}")
-            while exporter.export(spans) != SpanExportResult.SUCCESS:
-                pass
-            acked.append(f"careful-{i}")
-            i += 1
 
     try:
         warm = open_loop(server.grpc, payloads, 20, 3.0, processes=1)  # warm-up
         assert warm["ok"] > 0
         capacity = measure_capacity(server.grpc, payloads)
-        careful = threading.Thread(target=careful_client, daemon=True)
         careful.start()
         http_codes: dict[int, int] = {}
 
@@ -95,13 +82,14 @@ def test_three_times_capacity(tmp_path: Path) -> None:
         refused = answers["UNAVAILABLE+RetryInfo"]
         offered = answers["ok"] * 1000 / SECONDS
         stop.set()
-        careful.join(timeout=120)
+        careful.finish()
         probe.join(timeout=120)
         peak = rss_mb(server.proc.pid)
         alive = server.proc.poll() is None
         code = server.terminate()
     finally:
         stop.set()
+        careful.stop.set()
         if server.proc.poll() is None:
             server.kill()
     stored = {r[0] for r in query(db, "SELECT instance_key FROM instances WHERE instance_key LIKE 'careful-%'")}
@@ -115,8 +103,8 @@ def test_three_times_capacity(tmp_path: Path) -> None:
         http=http_codes,
         peak_rss_mb=round(peak),
         bound_mb=RSS_BOUND_MB,
-        careful_orders=len(acked),
-        lost=len(set(acked) - stored),
+        careful_orders=len(careful.acked_keys),
+        lost=len(set(careful.acked_keys) - stored),
     )
     assert alive
     assert code == 0
@@ -124,5 +112,5 @@ def test_three_times_capacity(tmp_path: Path) -> None:
     assert set(answers) <= {"ok", "UNAVAILABLE+RetryInfo"}  # no other error, never an UNAVAILABLE without RetryInfo
     assert http_codes.get(503, 0) + http_codes.get(200, 0) == sum(http_codes.values())
     assert peak < RSS_BOUND_MB
-    assert acked
-    assert set(acked) <= stored
+    assert careful.acked_keys
+    assert set(careful.acked_keys) <= stored

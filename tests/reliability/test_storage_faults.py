@@ -21,6 +21,7 @@ from collector.service import Service
 from tests.conftest import query
 from tests.otel_clients import encode, grpc_export, grpc_exporter, recorded_order
 from tests.procs import ServerProcess
+from tests.reliability.clients import RetryingOrders
 from tests.reliability.report import record
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -87,23 +88,10 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 def test_a_full_disk_turns_into_retries_and_recovers(tiny_disk: Path) -> None:
     db = tiny_disk / "coordstate.duckdb"
     server = ServerProcess(db)
-    acked: list[str] = []
-    stop = threading.Event()
-
-    def client() -> None:
-        exporter = grpc_exporter(server.grpc, timeout=60)
-        i = 0
-        while not stop.is_set():
-            spans, _ = recorded_order(f"disk-{i}")
-            while exporter.export(spans) != SpanExportResult.SUCCESS:
-                pass
-            acked.append(f"disk-{i}")
-            i += 1
-
+    client = RetryingOrders(server.grpc, "disk")
     filler = tiny_disk / "filler"
     try:
-        thread = threading.Thread(target=client, daemon=True)
-        thread.start()
+        client.start()
         time.sleep(1.0)  # traffic flows
         stat = os.statvfs(tiny_disk)
         filler.write_bytes(b"\0" * max(0, stat.f_bavail * stat.f_frsize - 64 * 1024))  # the disk fills up
@@ -120,25 +108,24 @@ def test_a_full_disk_turns_into_retries_and_recovers(tiny_disk: Path) -> None:
             )
             time.sleep(0.2)  # polling
         assert failures >= 2, "the full disk never failed a commit"
-        acked_while_full = len(acked)
+        acked_while_full = len(client.acked_keys)
         filler.unlink()  # space returns
         deadline = time.monotonic() + 60
-        while len(acked) < acked_while_full + 5 and time.monotonic() < deadline:
+        while len(client.acked_keys) < acked_while_full + 5 and time.monotonic() < deadline:
             time.sleep(0.1)  # polling: the server recovers by itself
-        assert len(acked) >= acked_while_full + 5
-        stop.set()
-        thread.join(timeout=120)
+        assert len(client.acked_keys) >= acked_while_full + 5
+        client.finish()
         assert server.terminate() == 0
     finally:
-        stop.set()
+        client.stop.set()
         if server.proc.poll() is None:
             server.kill()
     stored = {r[0] for r in query(db, "SELECT instance_key FROM instances")}
     record(
         "storage_fault_disk_full",
         commit_failures=int(failures),
-        acknowledged_orders=len(acked),
-        lost=len(set(acked) - stored),
+        acknowledged_orders=len(client.acked_keys),
+        lost=len(set(client.acked_keys) - stored),
         recovered=True,
     )
-    assert set(acked) <= stored
+    assert set(client.acked_keys) <= stored

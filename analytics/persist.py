@@ -1,0 +1,132 @@
+"""What the store writes and reads, as functions of a DuckDB connection (no threads, no state).
+
+The store's writer thread calls these inside its transactions; each function is one step of the
+SQL contract (``analytics/schema.py``), fed through Arrow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from analytics import rows
+from processors.correlate import LearnedKey, PendingSpan, StepResult
+from processors.fold import InstanceState
+from processors.matching import CompiledModel
+from processors.state import InstanceId
+from processors.types import StepState, Transition
+
+RESTORE_TRACE_KEYS = 200_000
+#: (table, event-time column that lets DuckDB skip recent row groups) for retention deletes
+RETAINED_TABLES = (
+    ("transitions", "event_time"),
+    ("spans", "end_time"),
+    ("instance_history", ""),
+    ("anomalies", ""),
+    ("instances", ""),
+)
+
+
+def insert(con: Any, name: str, table: Any) -> None:
+    if table.num_rows:
+        con.register("_batch", table)
+        con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _batch")
+        con.unregister("_batch")
+
+
+def write_step(
+    con: Any, result: StepResult, delete: set[tuple[str, str, str]], buffered: list[PendingSpan], now: int
+) -> None:
+    """The history a processing step adds, and the key/start buffers it changed."""
+    insert(con, "transitions", rows.transitions_table(result.transitions, now))
+    insert(con, "spans", rows.spans_table(result.spans, now))
+    insert(con, "_trace_keys", rows.trace_keys_table(result.learned_keys, now))
+    if delete:
+        con.register("_batch_pending_del", rows.pending_idents_table(delete))
+        con.execute(
+            "DELETE FROM _pending USING _batch_pending_del d WHERE _pending.workflow = d.workflow "
+            "AND _pending.trace_id = d.trace_id AND _pending.span_id = d.span_id"
+        )
+        con.unregister("_batch_pending_del")
+    insert(con, "_pending", rows.pending_table(buffered))
+
+
+def write_instances(con: Any, states: list[InstanceState], open_counts: dict[InstanceId, int]) -> None:
+    """Replace the rows of these instances in ``instances`` and ``instance_history``."""
+    if not states:
+        return
+    con.register("_batch_keys", rows.instance_keys_table((s.workflow, s.key) for s in states))
+    for name in ("instances", "instance_history"):
+        con.execute(
+            f"DELETE FROM {name} USING _batch_keys k "
+            f"WHERE {name}.workflow = k.workflow AND {name}.instance_key = k.instance_key"
+        )
+    con.unregister("_batch_keys")
+    insert(con, "instances", rows.instances_table(states, open_counts))
+    insert(con, "instance_history", rows.history_table(states))
+
+
+def expired_instances(con: Any, cutoff: str, limit: int) -> list[InstanceId]:
+    found = con.execute(
+        "SELECT workflow, instance_key FROM instances "
+        "WHERE status IN ('converged', 'compensated', 'diverged') AND updated_at < ?::TIMESTAMP LIMIT ?",
+        [cutoff, limit],
+    ).fetchall()
+    return [(str(w), str(k)) for w, k in found]
+
+
+def delete_history(con: Any, instances: list[InstanceId], cutoff: str) -> None:
+    """Every row of these instances, in every public table (retention)."""
+    con.register("_expired", rows.instance_keys_table(instances))
+    for table, time_column in RETAINED_TABLES:
+        window = f" AND {table}.{time_column} < ?::TIMESTAMP" if time_column else ""
+        con.execute(
+            f"DELETE FROM {table} USING _expired x WHERE {table}.workflow = x.workflow "
+            f"AND {table}.instance_key = x.instance_key{window}",
+            [cutoff] if time_column else [],
+        )
+    con.execute("DELETE FROM _trace_keys WHERE learned_at < ?::TIMESTAMP", [cutoff])
+    con.unregister("_expired")
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    transitions: list[Transition]
+    keys: list[LearnedKey]
+    pending: list[PendingSpan]
+    #: (status, number of history rows) as stored, per instance
+    stored: dict[InstanceId, tuple[str, int]]
+
+
+def load(con: Any, model: CompiledModel) -> Restored:
+    """Everything the in-memory state is rebuilt from at start-up (and after a failed commit)."""
+    known = {name: {s.name for s in wf.steps} for name, wf in model.workflows.items()}
+    transitions = [
+        Transition(r[0], r[1], r[2], StepState(r[3]), r[4], r[5], r[6], r[7], r[8])
+        for r in con.execute(
+            "SELECT workflow, instance_key, step, state, epoch_ns(event_time), trace_id, span_id, service, source "
+            "FROM transitions"
+        ).fetchall()
+        if r[2] in known.get(r[0], ())
+    ]
+    keys = [
+        LearnedKey(*r)
+        for r in con.execute(
+            "SELECT workflow, trace_id, instance_key FROM _trace_keys ORDER BY learned_at DESC LIMIT ?",
+            [RESTORE_TRACE_KEYS],
+        ).fetchall()
+    ]
+    pending = [
+        PendingSpan(r[0], rows.span_from_payload(r[3]), r[2], r[1])
+        for r in con.execute(
+            "SELECT workflow, instance_key, arrived_ns, payload FROM _pending ORDER BY arrived_ns"
+        ).fetchall()
+    ]
+    stored = {
+        (r[0], r[1]): (str(r[2]), int(r[3]))
+        for r in con.execute(
+            "SELECT i.workflow, i.instance_key, i.status, count(h.status) FROM instances i "
+            "LEFT JOIN instance_history h USING (workflow, instance_key) GROUP BY ALL"
+        ).fetchall()
+    }
+    return Restored(transitions, keys, pending, stored)
