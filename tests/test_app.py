@@ -140,3 +140,28 @@ def test_sql_page_refuses_writes(offline: Path) -> None:
     at.text_area[0].set_value("DELETE FROM anomalies").run()
     at.button[0].click().run()
     assert "DELETE statements are refused" in at.error[0].value
+
+
+def test_live_pages_read_through_the_query_api(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against a running server: the numbers come through the API (Arrow), ingest health too."""
+    from collector.service import ServeConfig, Service
+    from tests.helpers import ORDERS_MODEL
+    from tests.otel_clients import grpc_exporter, recorded_order
+
+    config = ServeConfig(
+        model=str(ORDERS_MODEL), db=str(db_path), otlp_grpc="127.0.0.1:0", otlp_http=None, api="127.0.0.1:0"
+    )
+    with Service(config) as svc:
+        for i in range(3):
+            spans, _ = recorded_order(f"live-{i}", fail_payment=i == 2)
+            grpc_exporter(svc.grpc_endpoint).export(spans)
+        monkeypatch.delenv("COORDSTATE_DB", raising=False)
+        monkeypatch.setenv("COORDSTATE_API", svc.api_url)
+        at = page("overview")
+        shown = metrics(at)
+        assert shown["Instances"] == "3"
+        assert shown["Compensated"] == "1"
+        assert shown["Spans received"] == "10"
+        assert shown["Rejected"] == "0"
+        board = page("board")
+        assert set(board.dataframe[0].value["instance_key"]) == {"live-0", "live-1", "live-2"}
