@@ -277,8 +277,19 @@ class Processor:
             if not index:
                 if p.key is None:
                     corr.by_trace.pop(p.span.trace_id, None)
+                    self._forget_links(corr, p)
                 else:
                     corr.by_key.pop(p.key, None)
+
+    @staticmethod
+    def _forget_links(corr: _WorkflowCorrelator, p: PendingSpan) -> None:
+        """The trace has nothing waiting any more: its link index entries go too (bounded memory)."""
+        for link in p.span.links:
+            waiting = corr.by_link.get(link.trace_id)
+            if waiting is not None:
+                waiting.discard(p.span.trace_id)
+                if not waiting:
+                    corr.by_link.pop(link.trace_id, None)
 
     def _unpark(self, p: PendingSpan, out: StepResult) -> None:
         if self._pending.pop(p.ident, None) is not None:

@@ -208,3 +208,24 @@ workflows:
 
 def test_projection_is_only_what_the_model_reads() -> None:
     assert compiled_orders().projection == frozenset({"app.order.id", "demo.order.id"})
+
+
+def test_link_index_is_released_with_the_spans_that_waited() -> None:
+    proc = Processor(
+        CompiledModel(
+            parse_model(
+                MODEL_NO_FALLBACK.replace(
+                    "payment, span: Charge",
+                    "payment, span: Charge}}\n      - {name: fulfilment, match: {service: fulfilment, span: consume",
+                )
+            )
+        )
+    )
+    waiting = span(2, "fulfilment", "consume", 0, 1, links=((1, "00000000000000aa"),))
+    proc.process([waiting], now_ns=T0)
+    corr = proc._wf["order"]
+    assert corr.by_link == {trace_id(1): {trace_id(2)}}
+    out = proc.tick(T0 + 2 * SECOND)  # the linked trace never revealed a key
+    assert out.dropped[DropReason.UNKEYED] == 1
+    assert corr.by_link == {}
+    assert corr.by_trace == {}
