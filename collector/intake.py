@@ -14,6 +14,7 @@ Errors (the receivers map them to codes; ``retryable`` ones carry a retry delay)
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -119,7 +120,7 @@ class Intake:
         self.telemetry.add("spans_received", decoded.received)
         self.telemetry.add_rejected(decoded.rejected)
         if decoded.unmatched:
-            self.telemetry.dropped["unmatched"] += decoded.unmatched
+            self.telemetry.add_dropped(Counter({"unmatched": decoded.unmatched}))
         if decoded.records:
             future = self.store.submit(decoded.records)
             try:
