@@ -89,23 +89,46 @@ def delete_history(con: Any, instances: list[InstanceId], cutoff: str) -> None:
     con.unregister("_expired")
 
 
+def load_instance(con: Any, instance: InstanceId) -> list[Transition]:
+    """One instance's transitions (an evicted instance coming back)."""
+    return [
+        Transition(r[0], r[1], r[2], StepState(r[3]), r[4], r[5], r[6], r[7], r[8])
+        for r in con.execute(
+            f"SELECT {_TRANSITION_COLUMNS} FROM transitions WHERE workflow = ? AND instance_key = ?", list(instance)
+        ).fetchall()
+    ]
+
+
+_TRANSITION_COLUMNS = "workflow, instance_key, step, state, epoch_ns(event_time), trace_id, span_id, service, source"
+_QUIET = "status IN ('converged', 'compensated', 'diverged') AND updated_at < ?::TIMESTAMP"
+
+
 @dataclass(frozen=True, slots=True)
 class Restored:
     transitions: list[Transition]
+    #: finished instances quiet since before the cutoff: kept as ids only (reloaded on demand)
+    evicted: list[InstanceId]
     keys: list[LearnedKey]
     pending: list[PendingSpan]
     #: (status, number of history rows) as stored, per instance
     stored: dict[InstanceId, tuple[str, int]]
 
 
-def load(con: Any, model: CompiledModel) -> Restored:
+def load(con: Any, model: CompiledModel, quiet_before: str) -> Restored:
     """Everything the in-memory state is rebuilt from at start-up (and after a failed commit)."""
     known = {name: {s.name for s in wf.steps} for name, wf in model.workflows.items()}
+    evicted = [
+        (str(w), str(k))
+        for w, k in con.execute(
+            f"SELECT workflow, instance_key FROM instances WHERE {_QUIET}", [quiet_before]
+        ).fetchall()
+    ]
     transitions = [
         Transition(r[0], r[1], r[2], StepState(r[3]), r[4], r[5], r[6], r[7], r[8])
         for r in con.execute(
-            "SELECT workflow, instance_key, step, state, epoch_ns(event_time), trace_id, span_id, service, source "
-            "FROM transitions"
+            f"SELECT {_TRANSITION_COLUMNS} FROM transitions t WHERE NOT EXISTS ("
+            f"SELECT 1 FROM instances i WHERE i.workflow = t.workflow AND i.instance_key = t.instance_key AND {_QUIET})",
+            [quiet_before],
         ).fetchall()
         if r[2] in known.get(r[0], ())
     ]
@@ -129,4 +152,4 @@ def load(con: Any, model: CompiledModel) -> Restored:
             "LEFT JOIN instance_history h USING (workflow, instance_key) GROUP BY ALL"
         ).fetchall()
     }
-    return Restored(transitions, keys, pending, stored)
+    return Restored(transitions, evicted, keys, pending, stored)

@@ -15,6 +15,7 @@ deadline or grace timer fell due (e.g. ``running`` → ``stalled``).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import logging
@@ -37,12 +38,15 @@ from processors.clock import Clock
 from processors.correlate import Processor, StepResult
 from processors.fold import InstanceState
 from processors.matching import CompiledModel
-from processors.state import InstanceId
-from processors.types import TERMINAL_STATUSES, SpanRecord, StepState
+from processors.state import InstanceId, InstanceTable
+from processors.types import TERMINAL_STATUSES, SpanRecord, StepState, Transition
 
 log = logging.getLogger(__name__)
 
 RETENTION_CHUNK = 1_000
+#: a finished instance quiet this long leaves memory (reloaded if a late span arrives)
+EVICT_AFTER_NS = 10 * 60 * 1_000_000_000
+TERMINAL_VALUES = frozenset(s.value for s in TERMINAL_STATUSES)
 
 # DuckDB shares one database instance per file inside a process, so its file lock cannot stop a
 # second Store here from becoming a second writer: this registry does.
@@ -130,7 +134,8 @@ class Store:
         self._reader_parent: Any = None
         self._reader_lock = threading.Lock()
         self._closed = threading.Event()
-        self._processor = Processor(model)
+        self._processor = self._new_processor()
+        self._quiet: collections.deque[tuple[int, InstanceId]] = collections.deque()
         self._timers: list[tuple[int, str, str]] = []
         self._last: dict[InstanceId, tuple[str, int]] = {}
         self._real_path = ""
@@ -311,6 +316,7 @@ class Store:
 
     def _tick_once(self) -> None:
         now = self.clock.now_ns()
+        self._evict_quiet(now)
         if self.retention_ns is not None:
             self._retain(now)
         result = self._processor.tick(now)
@@ -349,6 +355,8 @@ class Store:
             inst = (state.workflow, state.key)
             self._last[inst] = (state.status.value, len(state.history))
             self._schedule(state, now)
+            if state.status in TERMINAL_STATUSES:
+                self._quiet.append((now, inst))
         return True
 
     def _schedule(self, state: InstanceState, now: int) -> None:
@@ -397,7 +405,8 @@ class Store:
         if in_transaction:
             with contextlib.suppress(duckdb.Error):
                 self._con.execute("ROLLBACK")
-        self._processor = Processor(self.model)
+        self._processor = self._new_processor()
+        self._quiet.clear()
         self._timers.clear()
         self._last.clear()
         try:
@@ -405,13 +414,29 @@ class Store:
         except Exception as exc:  # the database itself is unreadable: keep serving (retryable) errors
             log.error("cannot rebuild state from the database: %s", exc)
 
-    def _restore(self) -> None:
-        restored = persist.load(self._con, self.model)
+    def _new_processor(self) -> Processor:
+        return Processor(self.model, InstanceTable(self.model.workflows, loader=self._load_instance))
+
+    def _load_instance(self, instance: InstanceId) -> list[Transition]:
+        return persist.load_instance(self._con, instance)
+
+    def _evict_quiet(self, now: int) -> None:
+        """Finished instances quiet for EVICT_AFTER_NS leave memory (their id stays)."""
         table = self._processor.table
-        table.restore(restored.transitions)
+        while self._quiet and self._quiet[0][0] <= now - EVICT_AFTER_NS:
+            _, inst = self._quiet.popleft()
+            if self._last.get(inst, ("",))[0] in TERMINAL_VALUES:
+                table.evict(inst)
+                self._last.pop(inst, None)
+        self.telemetry.set("instances_in_memory", table.loaded)
+
+    def _restore(self) -> None:
+        now = self.clock.now_ns()
+        restored = persist.load(self._con, self.model, rows.timestamp_literal(now - EVICT_AFTER_NS))
+        table = self._processor.table
+        table.restore(restored.transitions, restored.evicted)
         self._processor.restore(restored.keys, restored.pending)
         self.observer.restore(self._con)
-        now = self.clock.now_ns()
         for inst in table:
             state = table.state(inst, now)
             self._last[inst] = restored.stored.get(inst, ("", 0))

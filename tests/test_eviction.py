@@ -1,0 +1,65 @@
+"""Memory follows the active instances: finished, quiet instances leave memory (their ids stay) and
+come back from the database when a late span arrives, with exactly the same results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from analytics.store import EVICT_AFTER_NS, Store
+from processors.clock import ManualClock
+from tests.conftest import query
+from tests.helpers import SECOND, T0, compiled_orders, order_spans, span, trace_id
+
+
+def open_store(db: Path, clock: ManualClock) -> Store:
+    store = Store(db, compiled_orders(), clock, tick_interval_s=None)
+    store.open()
+    return store
+
+
+def test_quiet_finished_instances_leave_memory_and_come_back(tmp_path: Path) -> None:
+    db = tmp_path / "e.duckdb"
+    clock = ManualClock(T0 + 2 * SECOND)
+    store = open_store(db, clock)
+    try:
+        orders = [order_spans(10 + i, f"o-{i}") for i in range(3)]
+        for spans in orders:
+            store.submit(spans).result(timeout=30)
+        store.submit([span(99, "checkout", "PlaceOrder", 0, 1, attrs={"app.order.id": "o-running"})]).result(timeout=30)
+        table = store._processor.table
+        assert (table.loaded, len(table)) == (4, 4)
+        clock.set(T0 + 2 * SECOND + EVICT_AFTER_NS + SECOND)
+        store.tick_now()
+        assert (table.loaded, len(table)) == (1, 4)  # only the unfinished one stays in memory
+        # a late refund for a shipped order: the instance comes back, and now conflicts
+        refund = span(10, "payment", "Refund", 700, 701)
+        store.submit([refund]).result(timeout=30)
+        assert table.loaded == 2
+    finally:
+        store.close()
+    assert query(db, "SELECT instance_key, status FROM instances ORDER BY 1") == [
+        ("o-0", "diverged"),
+        ("o-1", "converged"),
+        ("o-2", "converged"),
+        ("o-running", "stalled"),
+    ]
+    assert query(db, "SELECT count(*) FROM transitions WHERE instance_key = 'o-0'") == [(9,)]
+
+    store = open_store(db, clock)  # a restart keeps quiet instances out of memory too
+    try:
+        table = store._processor.table
+        assert len(table) == 4
+        assert table.loaded <= 2
+        store.submit(orders[0]).result(timeout=30)  # re-delivery of evicted evidence after the restart
+        assert query_live(store, "SELECT count(*) FROM transitions WHERE instance_key = 'o-0'") == [(9,)]
+        assert trace_id(10) in query_live(store, "SELECT trace_ids FROM instances WHERE instance_key = 'o-0'")[0][0]
+    finally:
+        store.close()
+
+
+def query_live(store: Store, sql: str) -> list[tuple[object, ...]]:
+    cur = store.cursor()
+    try:
+        return cur.execute(sql).fetchall()
+    finally:
+        cur.close()
