@@ -266,12 +266,20 @@ class Store:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     item = None
-            if batch:
-                self._commit(batch)
-            if ticks or (interval is not None and time.monotonic() - last_tick >= interval):
-                self._tick()
-                last_tick = time.monotonic()
-                for t in ticks:
+            try:
+                if batch:
+                    self._commit(batch)
+                if ticks or (interval is not None and time.monotonic() - last_tick >= interval):
+                    self._tick()
+                    last_tick = time.monotonic()
+            except Exception:  # last resort: the writer thread outlives any bug
+                log.exception("the writer hit an unexpected error; rebuilding state from the database")
+                self._rollback_and_rebuild(in_transaction=False)
+            for req in batch:
+                if not req.future.done():
+                    req.future.set_exception(StoreUnavailable("the batch was not committed; retry"))
+            for t in ticks:
+                if not t.done():
                     t.set_result(CommitReceipt(0, 0))
             self.telemetry.set("queue_depth", self._queue.qsize())
             if stopping and self._queue.empty():
