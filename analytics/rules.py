@@ -83,8 +83,8 @@ def _action(
     evidence: str,
     default: str,
 ) -> str:
-    template = wf.step(step).actions.get(kind) if step in {s.name for s in wf.steps} else None
-    template = template or wf.actions.get(kind)
+    spec = next((s for s in wf.steps if s.name == step), None)
+    template = (spec.actions.get(kind) if spec else None) or wf.actions.get(kind)
     if not template:
         return default
     fields = {"workflow": wf.name, "key": key, "step": step, "detail": detail, "evidence": evidence}

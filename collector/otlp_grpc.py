@@ -21,7 +21,6 @@ from collector.decode import parse_protobuf
 from collector.intake import Intake, IntakeError, Overloaded, PayloadError, Unavailable
 
 MAX_RECEIVE_BYTES = 64 * 1024 * 1024
-METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
 class ListenError(RuntimeError):

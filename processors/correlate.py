@@ -165,27 +165,26 @@ class Processor:
     # -- the hot path ---------------------------------------------------------------------
     def process(self, spans: Sequence[SpanRecord], now_ns: int) -> StepResult:
         out = StepResult()
-        matched: list[tuple[SpanRecord, list[Candidate]]] = []
+        matched: list[tuple[SpanRecord, list[Candidate], dict[str, str]]] = []
         for span in spans:
             cands = self.model.candidates(span)
-            carried = False
-            for corr in self._wf.values():
+            own: dict[str, str] = {}  # workflow → the key this span carries itself
+            for name, corr in self._wf.items():
                 key = self.model.key_of(corr.wf, span)
                 if key is not None:
-                    carried = True
+                    own[name] = key
                     if corr.learn(span.trace_id, key, out):
                         self._release_trace(corr, span.trace_id, now_ns, out)
             if cands:
-                matched.append((span, cands))
-            elif not carried:
+                matched.append((span, cands, own))
+            elif not own:
                 out.dropped[DropReason.UNMATCHED] += 1
-        for span, cands in matched:
+        for span, cands, own in matched:
             by_wf: dict[str, list[Candidate]] = {}
             for c in cands:
                 by_wf.setdefault(c.workflow, []).append(c)
             for workflow, wf_cands in by_wf.items():
-                corr = self._wf[workflow]
-                key = self.model.key_of(corr.wf, span) or corr.inherited(span)
+                key = own.get(workflow) or self._wf[workflow].inherited(span)
                 self._place(PendingSpan(workflow, span, now_ns, key), now_ns, out, wf_cands)
         self._evict_overflow(now_ns, out)
         return out

@@ -73,7 +73,6 @@ class InstanceState:
     trace_ids: tuple[str, ...]
     violations: tuple[OrderViolation, ...]
     conflicts: tuple[tuple[str, str], ...]
-    transition_count: int
     #: when the first failure (or compensation) happened, for the ``grace`` rule
     first_failure_ns: int | None
 
@@ -268,6 +267,5 @@ def fold(wf: WorkflowSpec, key: str, transitions: Iterable[Transition], now_ns: 
             for v in f.violations
         ),
         conflicts=f.conflicts(),
-        transition_count=len(ordered),
         first_failure_ns=f.first_failure,
     )

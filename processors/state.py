@@ -67,10 +67,6 @@ class InstanceTable:
         self._evicted.update(i for i in evicted if i not in self._transitions)
         return len(new)
 
-    def transitions(self, instance: InstanceId) -> list[Transition]:
-        self._reload(instance)
-        return list(self._transitions.get(instance, {}).values())
-
     def state(self, instance: InstanceId, now_ns: int) -> InstanceState:
         self._reload(instance)
         workflow, key = instance
