@@ -8,6 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from analytics.store import Store
 from collector.service import ServeConfig, Service
 from tests.helpers import ORDERS_MODEL
 
@@ -41,3 +42,13 @@ def query(db: Path, sql: str) -> list[tuple[object, ...]]:
         return con.execute(sql).fetchall()
     finally:
         con.close()
+
+
+def query_live(store: Store, sql: str) -> list[tuple[object, ...]]:
+    """Read through a running store's reader cursor (the server owns the file meanwhile)."""
+    cur = store.cursor()
+    try:
+        rows: list[tuple[object, ...]] = cur.execute(sql).fetchall()
+        return rows
+    finally:
+        cur.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from processors.matching import CompiledModel
 from processors.model import ModelFile, load_model
-from processors.types import AttrValue, SpanEvent, SpanLink, SpanRecord
+from processors.types import AttrValue, SpanEvent, SpanLink, SpanRecord, StepState, Transition
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDERS_MODEL = ROOT / "otel-config" / "models" / "orders.yaml"
@@ -75,3 +75,10 @@ def order_spans(trace: int, order_id: str, *, t: float = 0.0) -> list[SpanRecord
         ),
         span(trace, "shipping", "ShipOrder", t + 0.5, t + 0.8),
     ]
+
+
+def tr(step: str, state: str, at: float, span_id: str = "", trace: str = "t1") -> Transition:
+    """A transition of order ``o-1``, ``at`` seconds after T0 (one span per step by default)."""
+    return Transition(
+        "order", "o-1", step, StepState(state), T0 + int(at * SECOND), trace, span_id or f"{step}-span", "svc", "span"
+    )

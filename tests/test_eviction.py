@@ -7,7 +7,7 @@ from pathlib import Path
 
 from analytics.store import EVICT_AFTER_NS, Store
 from processors.clock import ManualClock
-from tests.conftest import query
+from tests.conftest import query, query_live
 from tests.helpers import SECOND, T0, compiled_orders, order_spans, span, trace_id
 
 
@@ -55,11 +55,3 @@ def test_quiet_finished_instances_leave_memory_and_come_back(tmp_path: Path) -> 
         assert trace_id(10) in query_live(store, "SELECT trace_ids FROM instances WHERE instance_key = 'o-0'")[0][0]
     finally:
         store.close()
-
-
-def query_live(store: Store, sql: str) -> list[tuple[object, ...]]:
-    cur = store.cursor()
-    try:
-        return cur.execute(sql).fetchall()
-    finally:
-        cur.close()

@@ -7,23 +7,9 @@ from hypothesis import strategies as st
 
 from processors.fold import fold
 from processors.types import InstanceStatus, StepState, Transition
-from tests.helpers import SECOND, T0, orders_model
+from tests.helpers import SECOND, T0, orders_model, tr
 
 WF = orders_model().workflows[0]  # deadline 30s, grace 5s
-
-
-def tr(step: str, state: str, at: float, span_id: str = "", trace: str = "t1") -> Transition:
-    return Transition(
-        "order",
-        "o-1",
-        step,
-        StepState(state),
-        T0 + int(at * SECOND),
-        trace,
-        span_id or f"{step}-span",
-        "svc",
-        "span",
-    )
 
 
 HAPPY = [

@@ -10,6 +10,7 @@ import pytest
 
 from collector.service import ServeConfig, Service
 from processors.clock import ManualClock
+from tests.conftest import query_live
 from tests.helpers import ORDERS_MODEL
 from tests.otel_clients import grpc_exporter
 from tests.scenarios import SCENARIOS, SECOND, Emitter
@@ -32,20 +33,12 @@ class Run:
 
     def anomalies(self, key: str) -> list[tuple[object, ...]]:
         return query_live(
-            self.service,
+            self.service.store,
             f"SELECT kind, step, severity, opened_at, resolved_at, message, suggested_action, evidence FROM anomalies WHERE instance_key = '{key}' ORDER BY opened_at, kind",
         )
 
     def status(self, key: str) -> str:
-        return str(query_live(self.service, f"SELECT status FROM instances WHERE instance_key = '{key}'")[0][0])
-
-
-def query_live(service: Service, sql: str) -> list[tuple[object, ...]]:
-    cur = service.store.cursor()
-    try:
-        return cur.execute(sql).fetchall()
-    finally:
-        cur.close()
+        return str(query_live(self.service.store, f"SELECT status FROM instances WHERE instance_key = '{key}'")[0][0])
 
 
 @pytest.fixture
@@ -93,7 +86,7 @@ def test_paper_case_uncompensated_failure_then_refund_heals(run: Run) -> None:
     assert run.status("order-1042") == "compensated"
     [(_, _, _, _, resolved, *_)] = run.anomalies("order-1042")
     assert str(resolved) == "2025-10-09 08:53:30"
-    assert query_live(run.service, "SELECT steps['payment'] FROM instances") == [("compensated",)]
+    assert query_live(run.service.store, "SELECT steps['payment'] FROM instances") == [("compensated",)]
 
 
 def test_duplicate_action_names_both_spans(run: Run) -> None:
@@ -173,7 +166,7 @@ def test_missing_step_that_arrives_late_heals(run: Run) -> None:
     rows = run.anomalies("o-slow")
     assert str(rows[0][4]) == "2025-10-09 08:53:33"
     healed = query_live(
-        run.service,
+        run.service.store,
         "SELECT epoch(resolved_at - opened_at) FROM anomalies WHERE instance_key = 'o-slow'",
     )
     assert healed == [(3.0,)]
@@ -219,8 +212,8 @@ def test_no_duplicate_open_anomalies(run: Run) -> None:
     for t in (31, 32, 40, 50):
         run.at(t)
     counts = query_live(
-        run.service,
+        run.service.store,
         "SELECT kind, count(*) FROM anomalies WHERE instance_key = 'o-once' GROUP BY ALL ORDER BY 1",
     )
     assert counts == [("missing_step", 1), ("stalled", 1)]
-    assert query_live(run.service, "SELECT open_anomalies FROM instances WHERE instance_key = 'o-once'") == [(2,)]
+    assert query_live(run.service.store, "SELECT open_anomalies FROM instances WHERE instance_key = 'o-once'") == [(2,)]

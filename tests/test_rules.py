@@ -6,23 +6,9 @@ from analytics.rules import findings
 from processors.fold import fold
 from processors.model import parse_model
 from processors.types import AnomalyKind, StepState, Transition
-from tests.helpers import SECOND, T0, orders_model
+from tests.helpers import SECOND, T0, orders_model, tr
 
 WF = orders_model().workflows[0]
-
-
-def tr(step: str, state: str, at: float, span: str = "") -> Transition:
-    return Transition(
-        "order",
-        "o-1",
-        step,
-        StepState(state),
-        T0 + int(at * SECOND),
-        "t" * 32,
-        span or f"{step}-{state}-span",
-        "svc",
-        "span",
-    )
 
 
 def kinds(transitions: list[Transition], now: float, wf=WF) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ from analytics import store as store_module
 from analytics.store import Store
 from processors.clock import ManualClock
 from processors.model import parse_duration
-from tests.conftest import query
+from tests.conftest import query, query_live
 from tests.helpers import SECOND, T0, compiled_orders, order_spans, span
 from tests.reliability.report import SOAK, record
 
@@ -56,11 +56,3 @@ def test_retention_deletes_old_terminal_history_in_chunks(tmp_path: Path, monkey
         ingest_p50_ms=round(p50, 1),
         ingest_max_ms=round(max(latencies) * 1000, 1),
     )
-
-
-def query_live(store: Store, sql: str) -> list[tuple[object, ...]]:
-    cur = store.cursor()
-    try:
-        return cur.execute(sql).fetchall()
-    finally:
-        cur.close()
