@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
+from datetime import datetime, timedelta
 
 import pyarrow as pa
 
@@ -16,6 +17,7 @@ from processors.correlate import LearnedKey, MatchedSpan, PendingSpan
 from processors.fold import InstanceState
 from processors.types import SpanEvent, SpanLink, SpanRecord, Transition
 
+_EPOCH = datetime(1970, 1, 1)
 TS_NS = pa.timestamp("ns")
 TS_US = pa.timestamp("us")
 STR_MAP = pa.map_(pa.string(), pa.string())
@@ -23,9 +25,7 @@ STR_MAP = pa.map_(pa.string(), pa.string())
 
 def timestamp_literal(ns: int) -> str:
     """``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC) for a nanosecond timestamp, for SQL parameters."""
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ns // 1000 / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return (_EPOCH + timedelta(microseconds=ns // 1000)).strftime("%Y-%m-%d %H:%M:%S.%f")  # exact: no float
 
 
 def _us(ns: int | None) -> int | None:

@@ -10,17 +10,20 @@ Prints, in one run on this machine:
   5. the server's peak RSS.
 Requests look like real services' exports: ~20% of spans match the model (orders across
 checkout/payment/inventory/shipping, the order id only on the root), the rest is ordinary
-traffic (HTTP, DB, cache spans) with 10–16 attributes and some events.
+traffic (HTTP, DB, cache spans) with 10–16 attributes and some events. The clients rewrite the
+trace ids and order ids of every export, so each one is new data (nothing is a re-delivery).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import os
 import random
 import re
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -45,6 +48,18 @@ NOISE = [
 ]
 
 
+#: placeholders in the template requests: every export gets its own trace ids and order ids
+TRACE_MARKER = b"\xc0\x02\xd5\x7a\x7e\x4d\xa7\xa1"
+ORDER_MARKER = b"@@@@@@@@"
+
+
+def fresh(template: bytes, client: int, n: int) -> bytes:
+    """The template with trace and order ids no other export of this run uses (same length)."""
+    return template.replace(TRACE_MARKER, struct.pack(">II", client + 1, n + 1)).replace(
+        ORDER_MARKER, b"%02x%06x" % (client, n)
+    )
+
+
 def _attr(span: Span, key: str, value: str | int) -> None:
     kv = span.attributes.add()
     kv.key = key
@@ -60,8 +75,9 @@ def build_request(seed: int, spans_per_request: int) -> bytes:
     by_service: dict[str, list[Span]] = {}
     t0 = time.time_ns()
     while sum(len(v) for v in by_service.values()) < spans_per_request:
-        trace_id = rnd.randbytes(16)
-        order_id = f"order-{seed}-{rnd.randrange(1 << 40):x}"
+        # the markers are rewritten per request by the clients, so every export is fresh data
+        trace_id = TRACE_MARKER + rnd.randbytes(8)
+        order_id = f"order-{ORDER_MARKER.decode()}-{seed}-{rnd.randrange(1 << 40):x}"
         root_id = rnd.randbytes(8)
         start = t0 + rnd.randrange(1_000_000_000)
         for service, name, offset, dur in (
@@ -143,6 +159,7 @@ def parse_and_walk(payloads: list[bytes], seconds: float) -> float:
 
 
 def _client(
+    client: int,
     endpoint: str,
     payloads: list[bytes],
     spans_per: int,
@@ -162,9 +179,10 @@ def _client(
             pause = due - time.perf_counter()
             if pause > 0:
                 time.sleep(pause)  # pacing the load generator, not waiting for a result
+        payload = fresh(payloads[i % len(payloads)], client, i)
         t = time.perf_counter()
         try:
-            export(payloads[i % len(payloads)], timeout=30)
+            export(payload, timeout=30)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 retries += 1
@@ -177,6 +195,9 @@ def _client(
     channel.close()
 
 
+_CLIENT_IDS = itertools.count()
+
+
 def drive(
     endpoint: str,
     payloads: list[bytes],
@@ -186,11 +207,12 @@ def drive(
     rate: float | None,
 ) -> tuple[float, list[float], int]:
     out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    ids = _CLIENT_IDS
     per_client = None if rate is None else rate / clients
     procs = [
         mp.Process(
             target=_client,
-            args=(endpoint, payloads[c::clients] or payloads, spans_per, seconds, per_client, out),
+            args=(next(ids), endpoint, payloads[c::clients] or payloads, spans_per, seconds, per_client, out),
         )
         for c in range(clients)
     ]

@@ -24,6 +24,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from collector import wire
 from processors.matching import CompiledModel
 from processors.types import AttrValue, SpanEvent, SpanLink, SpanRecord
 
@@ -76,7 +77,12 @@ def _value(any_value: Any) -> AttrValue | None:
     return None
 
 
+class _BadAttribute(ValueError):
+    """A projected attribute of a span is not a valid ``KeyValue`` (rejects that span only)."""
+
+
 def _project(kvs: Iterable[Any], wanted: frozenset[str]) -> dict[str, AttrValue]:
+    """Parsed ``KeyValue`` messages (resource attributes) → the projected ones."""
     out: dict[str, AttrValue] = {}
     if not wanted:
         return out
@@ -85,6 +91,27 @@ def _project(kvs: Iterable[Any], wanted: frozenset[str]) -> dict[str, AttrValue]
             value = _value(kv.value)
             if value is not None:
                 out[kv.key] = value
+    return out
+
+
+def _project_blobs(blobs: Iterable[bytes], prefixes: tuple[bytes, ...], wanted: frozenset[str]) -> dict[str, AttrValue]:
+    """Encoded ``KeyValue`` attributes → the projected ones; only those are ever parsed.
+
+    A blob that does not begin with its key (another encoder's field order) is parsed to be sure.
+    """
+    out: dict[str, AttrValue] = {}
+    if not prefixes:
+        return out
+    for blob in blobs:
+        if blob.startswith(prefixes) or blob[:1] != b"\x0a":
+            try:
+                kv = wire.key_value(blob)
+            except (DecodeError, RecursionError) as exc:
+                raise _BadAttribute(str(exc) or type(exc).__name__) from exc
+            if kv.key in wanted:
+                value = _value(kv.value)
+                if value is not None:
+                    out[kv.key] = value
     return out
 
 
@@ -129,26 +156,43 @@ def _problem(sp: Any) -> tuple[str, str] | None:
     return None
 
 
-def decode_request(request: ExportTraceServiceRequest, model: CompiledModel) -> Decoded:
+@dataclass(frozen=True, slots=True)
+class WireRequest:
+    """A parsed export request in the lean wire view (:mod:`collector.wire`).
+
+    ``resources`` holds, per ``ResourceSpans``, its resource and its scopes, each scope both as
+    its encoded bytes (searched for business-key attributes at C speed) and parsed.
+    """
+
+    resources: tuple[tuple[Any, tuple[tuple[bytes, Any], ...]], ...]
+
+
+def decode_request(request: WireRequest | ExportTraceServiceRequest, model: CompiledModel) -> Decoded:
     """Validate and project every span of a parsed request.
 
-    Fast path: the model's key attribute names are looked for in the *serialized* bytes of each
-    scope (C speed) before any attribute is visited in Python; in scopes without them only
-    spans that match a step have their attributes read.
+    Every span is validated; only spans the model can use become records. Attributes stay
+    encoded until needed: a scope's bytes are searched for the model's key attributes first, and
+    only spans that match a step (or carry a key) have their projected attributes parsed.
     """
+    if not isinstance(request, WireRequest):  # a full protobuf message (tests, tools)
+        request = parse_protobuf(request.SerializeToString())
     out = Decoded()
     wanted = model.projection
     key_attrs = model.key_attributes
-    needles = tuple(k.encode() for k in key_attrs)
-    for rs in request.resource_spans:
-        service = _service(rs.resource)
-        res_attrs = _project(rs.resource.attributes, wanted)
+    prefixes = tuple(wire.key_prefix(k) for k in sorted(wanted))
+    needles = tuple(wire.key_prefix(k) for k in key_attrs)
+    records = out.records
+    received = unmatched = max_end = 0
+    for resource, scopes in request.resources:
+        service = _service(resource)
+        res_attrs = _project(resource.attributes, wanted)
         res_has_key = any(k in res_attrs for k in key_attrs)
         has_event_steps = model.service_has_events(service)
-        for ss in rs.scope_spans:
-            scope_has_key = bool(needles) and _contains_any(ss.SerializeToString(), needles)
+        steps_of: dict[str, tuple[Any, ...]] = {}
+        for blob, ss in scopes:
+            scope_has_key = bool(needles) and any(n in blob for n in needles)
             for sp in ss.spans:
-                out.received += 1
+                received += 1
                 tid = sp.trace_id
                 sid = sp.span_id
                 start = sp.start_time_unix_nano
@@ -164,29 +208,36 @@ def decode_request(request: ExportTraceServiceRequest, model: CompiledModel) -> 
                 ):
                     out.reject(*(_problem(sp) or ("invalid_span", f"span {sp.name!r} is malformed")))
                     continue
-                if sp.parent_span_id and len(sp.parent_span_id) != 8:
+                pid = sp.parent_span_id
+                if pid and len(pid) != 8:
                     out.reject(*(_problem(sp) or ("invalid_parent_span_id", "bad parent_span_id")))
                     continue
-                if end > out.max_time_ns:
-                    out.max_time_ns = end
-                steps = model.span_steps(service, sp.name)
-                events = _events(sp, service, model, wanted) if has_event_steps and sp.events else ()
-                if steps or events or res_has_key:
-                    attrs = _project(sp.attributes, wanted)
-                elif scope_has_key and _contains_any(sp.SerializeToString(), needles):
-                    attrs = _project(sp.attributes, wanted)
-                    if not any(k in attrs for k in key_attrs):
-                        out.unmatched += 1
+                if end > max_end:
+                    max_end = end
+                name = sp.name
+                steps = steps_of.get(name)
+                if steps is None:
+                    steps = steps_of[name] = model.span_steps(service, name)
+                try:
+                    events = _events(sp, service, model, prefixes, wanted) if has_event_steps and sp.events else ()
+                    if steps or events or res_has_key:
+                        attrs = _project_blobs(sp.attributes, prefixes, wanted)
+                    elif scope_has_key and any(a.startswith(needles) for a in sp.attributes):
+                        attrs = _project_blobs(sp.attributes, prefixes, wanted)
+                        if not any(k in attrs for k in key_attrs):
+                            unmatched += 1
+                            continue
+                    else:
+                        unmatched += 1
                         continue
-                else:
-                    out.unmatched += 1
+                except _BadAttribute as exc:
+                    out.reject("invalid_attribute", f"span {name!r}: an attribute is not a valid KeyValue ({exc})")
                     continue
-                out.records.append(_record(sp, service, end, attrs, res_attrs, events))
+                records.append(_record(sp, service, end, attrs, res_attrs, events))
+    out.received = received
+    out.unmatched = unmatched
+    out.max_time_ns = max_end
     return out
-
-
-def _contains_any(blob: bytes, needles: tuple[bytes, ...]) -> bool:
-    return any(n in blob for n in needles)
 
 
 def _record(
@@ -213,26 +264,33 @@ def _record(
     )
 
 
-def _events(sp: Any, service: str, model: CompiledModel, wanted: frozenset[str]) -> tuple[SpanEvent, ...]:
+def _events(
+    sp: Any, service: str, model: CompiledModel, prefixes: tuple[bytes, ...], wanted: frozenset[str]
+) -> tuple[SpanEvent, ...]:
     """Events a step matches; an event time of 0 or out of range falls back to the span's end."""
     return tuple(
         SpanEvent(
             ev.name,
             ev.time_unix_nano if 0 < ev.time_unix_nano <= MAX_TIME_NS else sp.end_time_unix_nano,
-            _project(ev.attributes, wanted),
+            _project_blobs(ev.attributes, prefixes, wanted),
         )
         for ev in sp.events
         if model.event_steps(service, ev.name)
     )
 
 
-def parse_protobuf(payload: bytes) -> ExportTraceServiceRequest:
-    request = ExportTraceServiceRequest()
+def parse_protobuf(payload: bytes) -> WireRequest:
+    """OTLP protobuf → the lean wire view (every scope parsed; attributes left encoded)."""
     try:
-        request.ParseFromString(payload)
+        request = wire.Request.FromString(payload)
+        return WireRequest(
+            tuple(
+                (rs.resource, tuple((blob, wire.ScopeSpans.FromString(blob)) for blob in rs.scope_spans))
+                for rs in request.resource_spans
+            )
+        )
     except (DecodeError, RecursionError) as exc:
         raise PayloadError(f"not a valid OTLP protobuf ExportTraceServiceRequest: {exc}") from exc
-    return request
 
 
 _ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
@@ -249,7 +307,7 @@ def _hex_ids_to_base64(obj: dict[str, Any]) -> None:
                 obj[name] = base64.b64encode(b"\x00").decode()
 
 
-def parse_json(payload: bytes | str) -> ExportTraceServiceRequest:
+def parse_json(payload: bytes | str) -> WireRequest:
     """OTLP/JSON (hex ids, camelCase or snake_case field names, integer enums)."""
     try:
         data = json.loads(payload)
@@ -270,7 +328,7 @@ def parse_json(payload: bytes | str) -> ExportTraceServiceRequest:
         json_format.ParseDict(data, request, ignore_unknown_fields=True)
     except (json_format.ParseError, binascii.Error, RecursionError, TypeError, ValueError) as exc:
         raise PayloadError(f"not a valid OTLP/JSON ExportTraceServiceRequest: {exc}") from exc
-    return request
+    return parse_protobuf(request.SerializeToString())
 
 
 def _list(obj: Any, *names: str) -> Sequence[Any]:

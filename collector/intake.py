@@ -18,11 +18,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
 from analytics.store import Store, StoreUnavailable
 from analytics.telemetry import Telemetry
-from collector.decode import PayloadError, decode_request
+from collector.decode import PayloadError, WireRequest, decode_request
 from processors.matching import CompiledModel
 
 __all__ = [
@@ -94,7 +92,7 @@ class Intake:
         self.telemetry = telemetry
         self.admission = admission
 
-    def accept(self, payload: bytes, parse: Callable[[bytes], ExportTraceServiceRequest]) -> Outcome:
+    def accept(self, payload: bytes, parse: Callable[[bytes], WireRequest]) -> Outcome:
         """Decode, commit and answer one export request. Blocks until committed."""
         nbytes = len(payload)
         if not self.admission.try_acquire(nbytes):
@@ -108,7 +106,7 @@ class Intake:
             self.admission.release(nbytes)
             self.telemetry.set("bytes_in_flight", self.admission.in_flight)
 
-    def _accept(self, payload: bytes, parse: Callable[[bytes], ExportTraceServiceRequest]) -> Outcome:
+    def _accept(self, payload: bytes, parse: Callable[[bytes], WireRequest]) -> Outcome:
         self.telemetry.set("bytes_in_flight", self.admission.in_flight)
         try:
             request = parse(payload)

@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from starlette.applications import Starlette
@@ -24,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from collector.decode import parse_json, parse_protobuf
+from collector.decode import WireRequest, parse_json, parse_protobuf
 from collector.intake import Intake, IntakeError, Overloaded, PayloadError, Unavailable
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -93,7 +92,7 @@ def build_app(intake: Intake, *, token: str | None = None, max_body_bytes: int =
             return _error(413, f"request body larger than {max_body_bytes} bytes; send smaller batches", ctype)
         except zlib.error as exc:
             return _error(400, f"the body is not valid gzip: {exc}", ctype)
-        parse: Callable[[bytes], ExportTraceServiceRequest] = parse_json if ctype == JSON else parse_protobuf
+        parse: Callable[[bytes], WireRequest] = parse_json if ctype == JSON else parse_protobuf
         try:
             outcome = await run_in_threadpool(intake.accept, body, parse)
         except PayloadError as exc:

@@ -18,12 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from tqdm import tqdm
 
 from analytics.store import Store
 from analytics.telemetry import Telemetry
-from collector.decode import PayloadError, decode_request, parse_json, parse_protobuf
+from collector.decode import PayloadError, WireRequest, decode_request, parse_json, parse_protobuf
 from processors.clock import WatermarkClock
 from processors.matching import CompiledModel
 
@@ -68,7 +67,7 @@ def _length_prefixed(data: bytes) -> list[bytes] | None:
     return out
 
 
-def requests_in(path: Path) -> Iterator[ExportTraceServiceRequest]:
+def requests_in(path: Path) -> Iterator[WireRequest]:
     """Every export request in one file, whatever of the supported formats it is in."""
     data = _read(path)
     if data.lstrip()[:1] in (b"{", b"["):

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -51,6 +52,19 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections for a long-running ingest process.
+
+    The in-memory state (transitions, buffers) is millions of long-lived objects that contain no
+    reference cycles worth collecting; with Python's default thresholds the collector walks them
+    all every few seconds (full collections of 150+ ms, ~18% of the writer's time in the ingest
+    benchmark). Objects alive after start-up (the restored state) are frozen out of collection,
+    and the young generation is collected every 50,000 allocations instead of 700.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 class StartError(RuntimeError):
@@ -127,6 +141,7 @@ class Service:
             self.store.open()
         except StoreOpenError as exc:
             raise StartError(str(exc)) from exc
+        tune_gc()
         try:
             tls_files, tls_pem = self._tls()
             if self.config.otlp_grpc:

@@ -207,35 +207,45 @@ class _Fold:
         return out
 
 
-def fold(wf: WorkflowSpec, key: str, transitions: Iterable[Transition], now_ns: int) -> InstanceState:
+def fold(
+    wf: WorkflowSpec, key: str, transitions: Iterable[Transition], now_ns: int, *, distinct: bool = False
+) -> InstanceState:
     """Fold the transition set of one instance into its state as of ``now_ns``.
 
-    ``transitions`` may contain duplicates and come in any order. It must not be empty.
+    ``transitions`` may contain duplicates and come in any order (``distinct=True``: the caller
+    guarantees one transition per evidence, as :class:`InstanceTable` does). It must not be empty.
     """
     plan = _plan(wf)
-    unique: dict[tuple[str, ...], Transition] = {}
-    for t in transitions:  # same evidence twice (a confused client): the smallest wins, always
-        seen = unique.get(t.evidence)
-        if seen is None or t < seen:
-            unique[t.evidence] = t
-    ordered = sorted(unique.values(), key=plan.sort_key)
+    if distinct:
+        ordered = sorted(transitions, key=plan.sort_key)
+    else:
+        unique: dict[tuple[str, ...], Transition] = {}
+        for t in transitions:  # same evidence twice (a confused client): the smallest wins, always
+            seen = unique.get(t.evidence)
+            if seen is None or t < seen:
+                unique[t.evidence] = t
+        ordered = sorted(unique.values(), key=plan.sort_key)
     if not ordered:
         raise ValueError(f"instance {key!r} of {wf.name!r} has no transitions")
     f = _Fold(plan)
     started_at = ordered[0].event_time_ns
     history: list[tuple[InstanceStatus, int]] = []
-
-    def note(status: InstanceStatus, t: int) -> None:
-        if not history or history[-1][0] is not status:
-            history.append((status, t))
-
+    deadline = started_at + wf.deadline
+    grace = wf.grace
+    last = len(ordered) - 1
     for i, tr in enumerate(ordered):
+        at = tr.event_time_ns
         f.apply(tr)
-        note(f.status(started_at, tr.event_time_ns), tr.event_time_ns)
-        until = ordered[i + 1].event_time_ns if i + 1 < len(ordered) else now_ns
-        for timer in sorted(f.timers(started_at)):
-            if tr.event_time_ns < timer <= until:
-                note(f.status(started_at, timer), timer)
+        status = f.status(started_at, at)
+        if not history or history[-1][0] is not status:
+            history.append((status, at))
+        until = ordered[i + 1].event_time_ns if i < last else now_ns
+        if at < deadline <= until or (f.first_failure is not None and at < f.first_failure + grace <= until):
+            for timer in sorted(f.timers(started_at)):  # a deadline or grace period ends in (at, until]
+                if at < timer <= until:
+                    status = f.status(started_at, timer)
+                    if history[-1][0] is not status:
+                        history.append((status, timer))
     status = history[-1][0]
     converged_at = history[-1][1] if status in (InstanceStatus.CONVERGED, InstanceStatus.COMPENSATED) else None
     steps = {

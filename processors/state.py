@@ -70,7 +70,7 @@ class InstanceTable:
     def state(self, instance: InstanceId, now_ns: int) -> InstanceState:
         self._reload(instance)
         workflow, key = instance
-        return fold(self._workflows[workflow], key, self._transitions[instance].values(), now_ns)
+        return fold(self._workflows[workflow], key, self._transitions[instance].values(), now_ns, distinct=True)
 
     def evict(self, instance: InstanceId) -> None:
         """Keep only the id of a quiet, finished instance; :meth:`add` brings it back."""

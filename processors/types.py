@@ -117,11 +117,5 @@ class Transition:
 
     @property
     def evidence(self) -> tuple[str, str, str, str, str, str]:
-        return (
-            self.workflow,
-            self.instance_key,
-            self.step,
-            self.state.value,
-            self.span_id,
-            self.source,
-        )
+        # the member itself, not ``.value``: a StrEnum member hashes and compares as its string
+        return (self.workflow, self.instance_key, self.step, self.state, self.span_id, self.source)

@@ -56,7 +56,8 @@ def test_json_parser_reads_hex_ids() -> None:
         b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c",'
         b'"spanId":"eee19b7ec3c1b174","name":"x","startTimeUnixNano":"1","endTimeUnixNano":"2"}]}]}]}'
     )
-    span = request.resource_spans[0].scope_spans[0].spans[0]
+    _, scopes = request.resources[0]
+    span = scopes[0][1].spans[0]
     assert span.trace_id.hex() == "5b8efff798038103d269b633813fc60c"
     assert span.span_id.hex() == "eee19b7ec3c1b174"
 

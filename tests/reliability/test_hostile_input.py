@@ -18,6 +18,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from analytics.sandbox import QueryError, run_query
 from analytics.schema import migrate
+from collector import wire
 from collector.decode import PayloadError, decode_request, parse_json, parse_protobuf, to_json
 from collector.service import Service
 from processors.model import ModelError, parse_model
@@ -94,7 +95,9 @@ def test_invalid_utf8_and_non_hex_ids_are_refused() -> None:
     assert decoded.rejected == {"invalid_trace_id": 1}
 
 
-def test_deep_nesting_is_refused_not_a_crash() -> None:
+def test_deep_nesting_is_never_recursed_into() -> None:
+    """Attributes stay encoded until the model reads them, and a nested value (kvlist, array) is
+    never parsed at all: a 300-deep value is neither a crash nor a reason to refuse the request."""
     value = AnyValue(string_value="leaf")
     for _ in range(300):
         outer = AnyValue()
@@ -103,10 +106,30 @@ def test_deep_nesting_is_refused_not_a_crash() -> None:
         kv.value.CopyFrom(value)
         value = outer
     request = ExportTraceServiceRequest.FromString(VALID)
-    attr = request.resource_spans[0].scope_spans[0].spans[0].attributes.add()
-    attr.key = "deep"
-    attr.value.CopyFrom(value)
-    assert outcome(parse_protobuf, request.SerializeToString()) == "refused"  # protobuf's recursion limit
+    expected = decode_request(request, MODEL)
+    for name in ("deep", "app.order.id"):
+        attr = request.resource_spans[0].scope_spans[0].spans[0].attributes.add()
+        attr.key = name
+        attr.value.CopyFrom(value)
+    assert outcome(parse_protobuf, request.SerializeToString()) == "decoded"
+    decoded = decode_request(parse_protobuf(request.SerializeToString()), MODEL)
+    assert [r.span_id for r in decoded.records] == [r.span_id for r in expected.records]
+    assert decoded.rejected_count == 0
+
+
+def test_a_malformed_projected_attribute_rejects_its_span_only() -> None:
+    request = ExportTraceServiceRequest.FromString(VALID)
+    expected = decode_request(request, MODEL)
+    lean = wire.Request.FromString(VALID)
+    scope = wire.ScopeSpans.FromString(lean.resource_spans[0].scope_spans[0])
+    victim = scope.spans[0]
+    # app.order.id whose string value is not UTF-8: only parsed because the model reads that key
+    victim.attributes.append(wire.key_prefix("app.order.id") + b"\x12\x03\x0a\x01\xff")
+    lean.resource_spans[0].scope_spans[0] = scope.SerializeToString()
+    decoded = decode_request(parse_protobuf(lean.SerializeToString()), MODEL)
+    assert decoded.rejected == {"invalid_attribute": 1}
+    assert f"span {victim.name!r}: an attribute is not a valid KeyValue" in decoded.error_message()
+    assert len(decoded.records) == len(expected.records) - 1
 
 
 def test_timestamps_at_zero_and_the_top_of_uint64() -> None:
