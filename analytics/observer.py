@@ -1,7 +1,8 @@
 """The coordination observer: opens and resolves anomalies inside the writer's transaction.
 
-The store calls :meth:`Observer.observe` with every instance it just re-folded (after a batch, or
-when a deadline/grace timer fell due). The rules (``analytics/rules.py``) say what holds now;
+The store calls :meth:`Observer.plan` with every instance it just re-folded (after a batch, or
+when a deadline/grace timer fell due) and :meth:`Observer.write` inside the transaction that
+commits them. The rules (``analytics/rules.py``) say what holds now;
 this class opens what is new, resolves what no longer holds — the row keeps ``opened_at`` and
 ``resolved_at``, so "healed by itself, after how long" is one query — and never keeps two open
 anomalies for the same (instance, kind, step).
@@ -38,6 +39,15 @@ def anomaly_id(inst: InstanceId, f: Finding) -> str:
     return hashlib.sha1(raw.encode(), usedforsecurity=False).hexdigest()[:16]
 
 
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Anomalies to open and to resolve after one step, and open counts per re-folded instance."""
+
+    opened: list[tuple[InstanceId, Finding, str]]
+    resolved: list[tuple[str, int]]
+    counts: dict[InstanceId, int]
+
+
 class Observer:
     def __init__(self, model: CompiledModel, telemetry: Telemetry | None = None) -> None:
         self.model = model
@@ -61,6 +71,13 @@ class Observer:
         return Counter(a.kind for per in self._open.values() for a in per.values())
 
     def observe(self, con: Any, states: Sequence[InstanceState], now_ns: int) -> dict[InstanceId, int]:
+        """Plan and write at once; returns the open anomaly count of each given instance."""
+        changes = self.plan(states, now_ns)
+        self.write(con, changes, now_ns)
+        return changes.counts
+
+    def plan(self, states: Sequence[InstanceState], now_ns: int) -> Changes:
+        """What opens and resolves, given these re-folded instances (updates the open set in memory)."""
         opened: list[tuple[InstanceId, Finding, str]] = []
         resolved: list[tuple[str, int]] = []
         counts: dict[InstanceId, int] = {}
@@ -86,14 +103,17 @@ class Observer:
             else:
                 self._open.pop(inst, None)
             counts[inst] = len(known)
-        if opened:
-            self._insert(con, opened, now_ns)
-        if resolved:
-            self._resolve(con, resolved, now_ns)
-        self.telemetry.add("anomalies_opened", len(opened))
-        self.telemetry.add("anomalies_resolved", len(resolved))
         self._publish()
-        return counts
+        return Changes(opened, resolved, counts)
+
+    def write(self, con: Any, changes: Changes, now_ns: int) -> None:
+        """Write planned changes (inside the caller's transaction)."""
+        if changes.opened:
+            self._insert(con, changes.opened, now_ns)
+        if changes.resolved:
+            self._resolve(con, changes.resolved, now_ns)
+        self.telemetry.add("anomalies_opened", len(changes.opened))
+        self.telemetry.add("anomalies_resolved", len(changes.resolved))
 
     def _publish(self) -> None:
         counts = self.open_counts()

@@ -41,41 +41,71 @@ def _register(con: Any, name: str, table: Any) -> None:
     con.register(name, table.__arrow_c_stream__())
 
 
-def write_step(
-    con: Any, result: StepResult, delete: set[tuple[str, str, str]], buffered: list[PendingSpan], now: int
-) -> None:
-    """The history a processing step adds, and the key/start buffers it changed."""
-    insert(con, "transitions", rows.transitions_table(result.transitions, now))
-    insert(con, "spans", rows.spans_table(result.spans, now))
-    insert(con, "_trace_keys", rows.trace_keys_table(result.learned_keys, now))
-    if delete:
-        _register(con, "_batch", rows.pending_idents_table(delete))
+@dataclass(frozen=True, slots=True)
+class Tables:
+    """One transaction's writes as Arrow tables: built by the writer thread, written by the committer."""
+
+    transitions: Any
+    spans: Any
+    trace_keys: Any
+    pending_delete: Any  # idents leaving the key/start buffers (None: nothing to delete)
+    pending: Any
+    instance_keys: Any  # stored instances whose rows are replaced (None: none)
+    since: str  # the oldest start among them (lets DuckDB skip older row groups)
+    instances: Any
+    history: Any
+
+
+def tables(
+    result: StepResult,
+    delete: set[tuple[str, str, str]],
+    buffered: list[PendingSpan],
+    states: list[InstanceState],
+    open_counts: dict[InstanceId, int],
+    now: int,
+) -> Tables:
+    """The history a processing step adds, the buffers it changed and the instances it re-folded."""
+    # rows to replace: only instances stored before (new ones have none — skip two table scans)
+    stored = [s for s in states if (s.workflow, s.key) not in result.created]
+    return Tables(
+        transitions=rows.transitions_table(result.transitions, now),
+        spans=rows.spans_table(result.spans, now),
+        trace_keys=rows.trace_keys_table(result.learned_keys, now),
+        pending_delete=rows.pending_idents_table(delete) if delete else None,
+        pending=rows.pending_table(buffered),
+        instance_keys=rows.instance_keys_table((s.workflow, s.key) for s in stored) if stored else None,
+        since=rows.timestamp_literal(min(s.started_at_ns for s in stored)) if stored else "",
+        instances=rows.instances_table(states, open_counts),
+        history=rows.history_table(states),
+    )
+
+
+def write(con: Any, t: Tables) -> None:
+    """Write one step's tables (inside the caller's transaction)."""
+    insert(con, "transitions", t.transitions)
+    insert(con, "spans", t.spans)
+    insert(con, "_trace_keys", t.trace_keys)
+    if t.pending_delete is not None:
+        _register(con, "_batch", t.pending_delete)
         con.execute(
             "DELETE FROM _pending USING _batch d WHERE _pending.workflow = d.workflow "
             "AND _pending.trace_id = d.trace_id AND _pending.span_id = d.span_id"
         )
         con.unregister("_batch")
-    insert(con, "_pending", rows.pending_table(buffered))
-
-
-def write_instances(con: Any, states: list[InstanceState], open_counts: dict[InstanceId, int]) -> None:
-    """Replace the rows of these instances in ``instances`` and ``instance_history``."""
-    if not states:
-        return
-    keys = rows.instance_keys_table((s.workflow, s.key) for s in states)
-    # every row of an instance starts at or after its start: row groups that ended before the
-    # oldest start in this batch are skipped (zone maps) instead of scanned
-    since = rows.timestamp_literal(min(s.started_at_ns for s in states))
-    for name, column in (("instances", "started_at"), ("instance_history", "valid_from")):
-        _register(con, "_batch", keys)
-        con.execute(
-            f"DELETE FROM {name} USING _batch k WHERE {name}.{column} >= ?::TIMESTAMP "
-            f"AND {name}.workflow = k.workflow AND {name}.instance_key = k.instance_key",
-            [since],
-        )
-        con.unregister("_batch")
-    insert(con, "instances", rows.instances_table(states, open_counts))
-    insert(con, "instance_history", rows.history_table(states))
+    insert(con, "_pending", t.pending)
+    if t.instance_keys is not None:
+        # every row of an instance starts at or after its start: row groups that ended before the
+        # oldest start in this batch are skipped (zone maps) instead of scanned
+        for name, column in (("instances", "started_at"), ("instance_history", "valid_from")):
+            _register(con, "_batch", t.instance_keys)
+            con.execute(
+                f"DELETE FROM {name} USING _batch k WHERE {name}.{column} >= ?::TIMESTAMP "
+                f"AND {name}.workflow = k.workflow AND {name}.instance_key = k.instance_key",
+                [t.since],
+            )
+            con.unregister("_batch")
+    insert(con, "instances", t.instances)
+    insert(con, "instance_history", t.history)
 
 
 def expired_instances(con: Any, cutoff: str, limit: int) -> list[InstanceId]:

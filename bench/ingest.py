@@ -1,6 +1,6 @@
 """Ingest benchmark: the real gRPC receiver, driven from separate processes, figures in one run.
 
-    .venv/bin/python bench/ingest.py [--seconds 10] [--clients 3] [--spans-per-request 1000]
+    .venv/bin/python bench/ingest.py [--seconds 10] [--clients 10] [--spans-per-request 1000]
 
 Prints, in one run on this machine:
   1. the parse-and-walk ceiling: protobuf parse + visiting every span in Python, no storage;
@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import random
 import re
+import shlex
 import statistics
 import struct
 import subprocess
@@ -235,9 +236,17 @@ def peak_rss_mib(pid: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=10,
+        help="concurrent exporters (a Collector's OTLP exporter sends with 10 consumers by default)",
+    )
     parser.add_argument("--spans-per-request", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=24, help="distinct payloads to cycle through")
+    parser.add_argument(
+        "--serve-args", default="", help="extra options for `coordstate serve`, e.g. '--decode-workers 0'"
+    )
     args = parser.parse_args()
 
     payloads = [build_request(seed, args.spans_per_request) for seed in range(args.requests)]
@@ -257,7 +266,8 @@ def main() -> None:
         coordstate = str(Path(sys.executable).with_name("coordstate"))
         server = subprocess.Popen(
             [coordstate, "serve", "--model", str(ROOT / "otel-config/models/orders.yaml"), "--db", str(db),
-             "--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0", "--api", "127.0.0.1:0"],
+             "--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0", "--api", "127.0.0.1:0",
+             *shlex.split(args.serve_args)],
             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         try:

@@ -77,6 +77,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         memory_limit=args.memory_limit,
         retention=args.retention,
         max_bytes_in_flight=args.max_inflight_mb * 1024 * 1024,
+        decode_workers=args.decode_workers,
     )
 
 
@@ -313,6 +314,13 @@ def _listeners(p: argparse.ArgumentParser) -> None:
         default=256,
         metavar="MB",
         help="request bytes in flight before overload answers (default %(default)s)",
+    )
+    p.add_argument(
+        "--decode-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes that decode OTLP requests (default: one per CPU, at most 4; 0: decode in the server process)",
     )
 
 

@@ -7,7 +7,8 @@ Errors (the receivers map them to codes; ``retryable`` ones carry a retry delay)
 
     IntakeError
     ├── Overloaded         retryable: too many spans/bytes in flight (UNAVAILABLE / 503)
-    ├── Unavailable        retryable: the commit failed or we are shutting down (UNAVAILABLE / 503)
+    ├── Unavailable        retryable: the commit failed, a decoder process died, or we are
+    │                      shutting down (UNAVAILABLE / 503)
     └── PayloadError       permanent: the request cannot be decoded (INVALID_ARGUMENT / 400)
 """
 
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 
 from analytics.store import Store, StoreUnavailable
 from analytics.telemetry import Telemetry
-from collector.decode import PayloadError, WireRequest, decode_request
+from collector.decode import PayloadError, WireRequest
+from collector.decoders import Decoders, DecoderUnavailable
 from processors.matching import CompiledModel
 
 __all__ = [
@@ -86,11 +88,19 @@ class Admission:
 
 
 class Intake:
-    def __init__(self, model: CompiledModel, store: Store, telemetry: Telemetry, admission: Admission) -> None:
+    def __init__(
+        self,
+        model: CompiledModel,
+        store: Store,
+        telemetry: Telemetry,
+        admission: Admission,
+        decoders: Decoders | None = None,
+    ) -> None:
         self.model = model
         self.store = store
         self.telemetry = telemetry
         self.admission = admission
+        self.decoders = decoders or Decoders(model, "", "", 0)
 
     def accept(self, payload: bytes, parse: Callable[[bytes], WireRequest]) -> Outcome:
         """Decode, commit and answer one export request. Blocks until committed."""
@@ -109,11 +119,13 @@ class Intake:
     def _accept(self, payload: bytes, parse: Callable[[bytes], WireRequest]) -> Outcome:
         self.telemetry.set("bytes_in_flight", self.admission.in_flight)
         try:
-            request = parse(payload)
+            decoded = self.decoders.decode(payload, parse)
         except PayloadError:
             self.telemetry.add("requests_invalid")
             raise
-        decoded = decode_request(request, self.model)
+        except DecoderUnavailable as exc:
+            self.telemetry.add("decoder_failures")
+            raise Unavailable(str(exc)) from exc
         self.telemetry.add("requests")
         self.telemetry.add("spans_received", decoded.received)
         self.telemetry.add_rejected(decoded.rejected)

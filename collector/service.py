@@ -18,6 +18,7 @@ from analytics.http import ListenError as HttpListenError
 from analytics.http import ThreadedServer
 from analytics.store import Store, StoreOpenError
 from analytics.telemetry import Telemetry
+from collector.decoders import Decoders, auto_workers
 from collector.intake import Admission, Intake
 from collector.otlp_grpc import GrpcReceiver, ListenError
 from collector.otlp_http import build_app
@@ -61,10 +62,11 @@ def tune_gc() -> None:
     reference cycles worth collecting; with Python's default thresholds the collector walks them
     all every few seconds (full collections of 150+ ms, ~18% of the writer's time in the ingest
     benchmark). Objects alive after start-up (the restored state) are frozen out of collection,
-    and the young generation is collected every 50,000 allocations instead of 700.
+    the young generation is collected every 50,000 allocations instead of 700, and the middle one
+    every second time (its pause grows with what survives, ~150 ms at 20).
     """
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(50_000, 2, 100)
 
 
 class StartError(RuntimeError):
@@ -96,6 +98,8 @@ class ServeConfig:
     #: PEM certificate chain and private key: TLS on OTLP/gRPC, OTLP/HTTP and the query API
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: processes that parse and decode OTLP requests; None: one per CPU (at most 4); 0: none
+    decode_workers: int | None = None
 
 
 def resolve_model(path: str) -> str:
@@ -108,10 +112,17 @@ def resolve_model(path: str) -> str:
 
 
 def load_compiled(path: str) -> CompiledModel:
+    return load_source(path)[0]
+
+
+def load_source(path: str) -> tuple[CompiledModel, str, str]:
+    """The compiled model, and the text and path it came from (decoder processes compile the same)."""
+    source = resolve_model(path)
     try:
-        return CompiledModel(load_model(resolve_model(path)))
+        model = load_model(source)
     except ModelError as exc:
         raise BadModel(f"the model is not valid:\n{exc}") from exc
+    return CompiledModel(model), Path(source).read_text(encoding="utf-8"), source
 
 
 class Service:
@@ -119,7 +130,11 @@ class Service:
         self.config = config
         self.clock = clock or WallClock()
         self.telemetry = Telemetry()
-        self.model = load_compiled(config.model)
+        self.model, model_text, model_source = load_source(config.model)
+        workers = auto_workers() if config.decode_workers is None else config.decode_workers
+        if workers < 0:
+            raise StartError(f"--decode-workers {workers}: give 0 or more processes")
+        self.decoders = Decoders(self.model, model_text, model_source, workers)
         self.store = Store(
             Path(config.db),
             self.model,
@@ -129,7 +144,9 @@ class Service:
             memory_limit=config.memory_limit,
             retention_ns=parse_retention(config.retention),
         )
-        self.intake = Intake(self.model, self.store, self.telemetry, Admission(config.max_bytes_in_flight))
+        self.intake = Intake(
+            self.model, self.store, self.telemetry, Admission(config.max_bytes_in_flight), self.decoders
+        )
         self.grpc: GrpcReceiver | None = None
         self.http: ThreadedServer | None = None
         self.api: ThreadedServer | None = None
@@ -141,6 +158,11 @@ class Service:
             self.store.open()
         except StoreOpenError as exc:
             raise StartError(str(exc)) from exc
+        try:
+            self.decoders.start()
+        except Exception as exc:
+            self.store.close()
+            raise StartError(f"cannot start the decoder processes: {exc}; try --decode-workers 0") from exc
         tune_gc()
         try:
             tls_files, tls_pem = self._tls()
@@ -217,6 +239,7 @@ class Service:
         if self.api is not None:
             self.api.stop()
             self.api = None
+        self.decoders.stop()
         self.store.close()
 
     def __enter__(self) -> Service:

@@ -73,6 +73,8 @@ class StepResult:
     learned_keys: list[LearnedKey] = field(default_factory=list)
     dropped: Counter[DropReason] = field(default_factory=Counter)
     touched: set[InstanceId] = field(default_factory=set)
+    #: instances this step started (nothing of them is stored yet: no rows to replace)
+    created: set[InstanceId] = field(default_factory=set)
 
     def merge(self, other: StepResult) -> None:
         self.transitions.extend(other.transitions)
@@ -82,6 +84,7 @@ class StepResult:
         self.learned_keys.extend(other.learned_keys)
         self.dropped.update(other.dropped)
         self.touched |= other.touched
+        self.created |= other.created
 
 
 class _WorkflowCorrelator:
@@ -245,12 +248,16 @@ class Processor:
             )
             for c in cands
         ]
+        instance = (p.workflow, key)
+        known = instance in self.table
         new, dupes = self.table.add(transitions)
         if dupes:
             out.dropped[DropReason.DUPLICATE] += dupes
         if new:
             out.transitions.extend(new)
-            out.touched.add((p.workflow, key))
+            out.touched.add(instance)
+            if not known:
+                out.created.add(instance)
             out.spans.append(MatchedSpan(p.workflow, key, p.span, tuple(sorted({c.step for c in cands})), disposition))
 
     def _park(self, p: PendingSpan, out: StepResult, *, record: bool = True) -> None:

@@ -43,11 +43,19 @@ def test_app_never_imports_the_collector(path: Path) -> None:
     assert "collector" not in imports_of(path)
 
 
+#: a decoder process leaves when its server is gone (killed outright): it never exits the server
+CHILD_PROCESS_EXITS = {"collector/decoders.py": "os._exit("}
+
+
 def test_only_the_cli_exits_the_process() -> None:
     offenders = []
     for path in sorted(ROOT.glob("*/**/*.py")):
         if path.parts[len(ROOT.parts)] in {"tests", ".venv", "bench", "node_modules"} or path.name == "cli.py":
             continue
-        if "sys.exit(" in path.read_text() or "os._exit(" in path.read_text():
+        text = path.read_text()
+        allowed = CHILD_PROCESS_EXITS.get(str(path.relative_to(ROOT)))
+        if allowed:
+            text = text.replace(allowed, "", 1)
+        if "sys.exit(" in text or "os._exit(" in text:
             offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []

@@ -6,6 +6,8 @@ cheapest path DuckDB offers), so a column out of order would land in the wrong c
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 import pyarrow as pa
 import pytest
@@ -13,6 +15,10 @@ import pytest
 from analytics import rows
 from analytics.persist import insert
 from analytics.schema import migrate
+from analytics.store import Store
+from processors.clock import ManualClock
+from tests.conftest import query
+from tests.helpers import SECOND, T0, compiled_orders, order_spans
 
 TABLES = {
     "transitions": rows.transitions_table([], 0),
@@ -52,3 +58,37 @@ def test_insert_appends_rows_and_skips_empty_tables(con: duckdb.DuckDBPyConnecti
     assert con.execute("SELECT workflow, trace_id, instance_key FROM _trace_keys").fetchall() == [
         ("order", "t1", "o-1")
     ]
+
+
+def test_each_instance_has_one_row_however_its_spans_arrive(tmp_path: Path) -> None:
+    """A new instance's rows are inserted without looking for old ones; a stored one's rows are
+    replaced — across batches, a restart and an instance created and updated in one batch."""
+    db = tmp_path / "rows.duckdb"
+    clock = ManualClock(T0 + 2 * SECOND)
+    first, second = order_spans(10, "o-1"), order_spans(11, "o-2")
+
+    def open_store() -> Store:
+        store = Store(db, compiled_orders(), clock, tick_interval_s=None)
+        store.open()
+        return store
+
+    store = open_store()
+    try:
+        for sp in first[:2]:  # created, then updated, one span per commit
+            store.submit([sp]).result(timeout=30)
+        store.submit(second[:1] + second[1:]).result(timeout=30)  # created and finished in one commit
+    finally:
+        store.close()
+    store = open_store()  # after a restart the rest of o-1 updates the stored rows
+    try:
+        store.submit(first[2:]).result(timeout=30)
+    finally:
+        store.close()
+    assert query(db, "SELECT instance_key, count(*), any_value(status) FROM instances GROUP BY 1 ORDER BY 1") == [
+        ("o-1", 1, "converged"),
+        ("o-2", 1, "converged"),
+    ]
+    history = query(
+        db, "SELECT instance_key, list(status ORDER BY valid_from) FROM instance_history GROUP BY 1 ORDER BY 1"
+    )
+    assert history == [("o-1", ["running", "converged"]), ("o-2", ["running", "converged"])]

@@ -1,0 +1,76 @@
+"""Decoder processes: requests are decoded outside the server process, a decoder that dies
+costs a retry and never a span, and bad settings fail at start-up with a clear message."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from collector.service import ServeConfig, Service, StartError
+from tests.conftest import query
+from tests.helpers import ORDERS_MODEL
+from tests.otel_clients import encode, grpc_export, recorded_order
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def pooled(db_path: Path) -> Iterator[Service]:
+    svc = Service(
+        ServeConfig(model=str(ORDERS_MODEL), db=str(db_path), otlp_grpc="127.0.0.1:0", otlp_http=None, decode_workers=2)
+    )
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def export_until_accepted(endpoint: str, key: str, deadline_s: float = 30.0) -> int:
+    """Export one order, retrying UNAVAILABLE as an OTLP client does; return the retries."""
+    request = encode(recorded_order(key)[0])
+    retries = 0
+    give_up = time.monotonic() + deadline_s
+    while True:
+        try:
+            grpc_export(endpoint, request)
+            return retries
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > give_up:
+                raise
+            retries += 1
+
+
+def test_requests_are_decoded_in_worker_processes(pooled: Service, db_path: Path) -> None:
+    pids = pooled.decoders.worker_pids()
+    assert len(pids) == 2
+    assert os.getpid() not in pids
+    assert export_until_accepted(pooled.grpc_endpoint, "order-pooled") == 0
+    pooled.stop()
+    rows = query(db_path, "SELECT status, steps['shipment'] FROM instances WHERE instance_key = 'order-pooled'")
+    assert rows == [("converged", "completed")]
+
+
+def test_a_decoder_that_dies_costs_a_retry_not_a_span(pooled: Service, db_path: Path) -> None:
+    assert export_until_accepted(pooled.grpc_endpoint, "order-before") == 0
+    victims = pooled.decoders.worker_pids()
+    os.kill(victims[0], signal.SIGKILL)
+    export_until_accepted(pooled.grpc_endpoint, "order-after")
+    assert export_until_accepted(pooled.grpc_endpoint, "order-later") == 0
+    survivors = pooled.decoders.worker_pids()  # a new pool, started on demand
+    assert survivors
+    assert victims[0] not in survivors
+    pooled.stop()
+    rows = query(db_path, "SELECT instance_key, status FROM instances ORDER BY instance_key")
+    assert rows == [("order-after", "converged"), ("order-before", "converged"), ("order-later", "converged")]
+
+
+def test_negative_decode_workers_is_refused_with_the_fix(db_path: Path) -> None:
+    with pytest.raises(StartError, match=r"--decode-workers -1: give 0 or more processes"):
+        Service(ServeConfig(model=str(ORDERS_MODEL), db=str(db_path), decode_workers=-1))
