@@ -234,19 +234,10 @@ class Processor:
     ) -> None:
         if cands is None:
             cands = self._cands(p)
+        span = p.span
+        workflow, trace_id, span_id, service = p.workflow, span.trace_id, span.span_id, span.service
         transitions = [
-            Transition(
-                p.workflow,
-                key,
-                c.step,
-                c.state,
-                c.time_ns,
-                p.span.trace_id,
-                p.span.span_id,
-                p.span.service,
-                c.source,
-            )
-            for c in cands
+            Transition(workflow, key, c.step, c.state, c.time_ns, trace_id, span_id, service, c.source) for c in cands
         ]
         instance = (p.workflow, key)
         known = instance in self.table

@@ -188,7 +188,10 @@ class _Fold:
                 return InstanceStatus.DIVERGED
         troubled = self.first_failure is not None and any(st in _TROUBLE for st in self.state.values())
         if not troubled:
-            if all(get(s) is StepState.COMPLETED for s in self.plan.required):
+            for s in self.plan.required:  # a loop, not all(): this runs once per transition
+                if get(s) is not StepState.COMPLETED:
+                    break
+            else:
                 return InstanceStatus.CONVERGED
         else:
             if not any(get(s) is StepState.COMPLETED for s in self.plan.compensable):
@@ -252,7 +255,7 @@ def fold(
         s.name: StepView(
             state=f.state.get(s.name),
             since_ns=f.since.get(s.name),
-            first_ns=dict(f.first[s.name]),
+            first_ns=f.first[s.name],  # the scratchpad's own dict: _Fold never escapes
             completions=tuple(f.completions[s.name].values()),
             failures=tuple(f.failures[s.name].values()),
             started_by=f.started_by.get(s.name),
