@@ -185,8 +185,6 @@ class Store:
         self._con.execute("SET enable_external_access = false")
         self._con.execute("SET autoinstall_known_extensions = false")
         self._con.execute("SET autoload_known_extensions = false")
-        # a checkpoint runs inside the commit that crosses this much WAL and holds up every sender
-        # waiting on it; 16 MB (DuckDB's default) is crossed every few seconds under load
         self._con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
         self._con.execute("SET lock_configuration = true")
         self._reader_parent = self._con.cursor()

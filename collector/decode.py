@@ -222,7 +222,7 @@ def decode_request(request: WireRequest | ExportTraceServiceRequest, model: Comp
                     events = _events(sp, service, model, prefixes, wanted) if has_event_steps and sp.events else ()
                     if steps or events or res_has_key:
                         attrs = _project_blobs(sp.attributes, prefixes, wanted)
-                    elif scope_has_key and any(a.startswith(needles) for a in sp.attributes):
+                    elif scope_has_key and any(a.startswith(needles) or a[:1] != b"\x0a" for a in sp.attributes):
                         attrs = _project_blobs(sp.attributes, prefixes, wanted)
                         if not any(k in attrs for k in key_attrs):
                             unmatched += 1

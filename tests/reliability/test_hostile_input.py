@@ -231,3 +231,21 @@ def test_live_server_survives_hostile_requests(service: Service, db_path: Path) 
     assert rows["order-after"] == "converged"  # and the server still works after it
     assert statuses.get("http 400", 0) >= 2
     record("hostile", payloads=len(payloads), crashes=0, statuses=statuses)
+
+
+def test_a_key_attribute_is_found_whatever_the_field_order() -> None:
+    """Encoders write a KeyValue's key first; one that writes the value first still has its
+    business key found, on a span that matches no step (its trace's other spans need the key)."""
+    lean = wire.Request.FromString(VALID)
+    scope = wire.ScopeSpans.FromString(lean.resource_spans[0].scope_spans[0])
+    carrier = scope.spans.add()
+    carrier.CopyFrom(scope.spans[0])
+    carrier.span_id = bytes.fromhex("00000000000000aa")
+    carrier.name = "not a step"
+    del carrier.attributes[:]
+    value_first = b"\x12\x0b\x0a\x09order-vf1" + wire.key_prefix("app.order.id")
+    carrier.attributes.append(value_first)
+    lean.resource_spans[0].scope_spans[0] = scope.SerializeToString()
+    decoded = decode_request(parse_protobuf(lean.SerializeToString()), MODEL)
+    found = [r for r in decoded.records if r.span_id == "00000000000000aa"]
+    assert [r.attributes for r in found] == [{"app.order.id": "order-vf1"}]
