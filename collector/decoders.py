@@ -1,9 +1,10 @@
 """Where export requests are parsed and decoded: worker processes, or the receiving thread.
 
 Decoding is pure Python over every span of a request; in the server's process it would hold the
-GIL that the store's writer and committer threads need (each DuckDB statement hands the GIL back
-and forth several times). Worker processes decode on the other cores and send back only the
-records the model uses: ~30 KB instead of ~400 KB for an ordinary 1,000-span export.
+GIL that the store's writer thread needs (and each DuckDB statement hands the GIL back and forth
+several times, so a busy neighbour thread slows every insert). Worker processes decode on the
+other cores and send back only the records the model uses: ~30 KB instead of ~400 KB for an
+ordinary 1,000-span export.
 
 A worker that dies (a crash on hostile input, the OOM killer) costs only the requests it held:
 they get a retryable error, and the pool is replaced for the next ones.
