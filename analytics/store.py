@@ -50,6 +50,9 @@ RETENTION_CHUNK = 1_000
 CHECKPOINT_THRESHOLD = "64MB"
 #: a finished instance quiet this long leaves memory (reloaded if a late span arrives)
 EVICT_AFTER_NS = 10 * 60 * 1_000_000_000
+#: beyond this many instances in memory, finished ones leave sooner, the longest-finished first
+#: (~2 KB each: at 70k spans/s, ten quiet minutes would be ~2M instances)
+MAX_LOADED_INSTANCES = 200_000
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL_STATUSES)
 
 # DuckDB shares one database instance per file inside a process, so its file lock cannot stop a
@@ -120,6 +123,7 @@ class Store:
         telemetry: Telemetry | None = None,
         *,
         max_batch_spans: int = 50_000,
+        max_loaded_instances: int = MAX_LOADED_INSTANCES,
         tick_interval_s: float | None = 0.5,
         observer: ObserverProtocol | None = None,
         memory_limit: str | None = None,
@@ -130,6 +134,7 @@ class Store:
         self.clock = clock
         self.telemetry = telemetry or Telemetry()
         self.max_batch_spans = max_batch_spans
+        self.max_loaded_instances = max_loaded_instances
         self.tick_interval_s = tick_interval_s
         #: DuckDB's memory limit for the whole database (e.g. "2GB"): bounds user queries too
         self.memory_limit = memory_limit
@@ -439,9 +444,10 @@ class Store:
         return persist.load_instance(self._con, instance)
 
     def _evict_quiet(self, now: int) -> None:
-        """Finished instances quiet for EVICT_AFTER_NS leave memory (their id stays)."""
+        """Finished instances quiet for EVICT_AFTER_NS leave memory (their id stays); sooner, the
+        longest-finished first, while more than ``max_loaded_instances`` are in memory."""
         table = self._processor.table
-        while self._quiet and self._quiet[0][0] <= now - EVICT_AFTER_NS:
+        while self._quiet and (self._quiet[0][0] <= now - EVICT_AFTER_NS or table.loaded > self.max_loaded_instances):
             _, inst = self._quiet.popleft()
             if self._last.get(inst, ("",))[0] in TERMINAL_VALUES:
                 table.evict(inst)
@@ -461,5 +467,7 @@ class Store:
             self._schedule(state, now)
             if self._last[inst] != (state.status.value, len(state.history)):
                 heapq.heappush(self._timers, (now, state.workflow, state.key))
+            if state.status in TERMINAL_STATUSES:  # finished before the restart: may leave memory
+                self._quiet.append((now, inst))
         self.telemetry.set("instances_restored", len(table))
         self.telemetry.set("pending_spans", self._processor.pending_count)

@@ -55,3 +55,29 @@ def test_quiet_finished_instances_leave_memory_and_come_back(tmp_path: Path) -> 
         assert trace_id(10) in query_live(store, "SELECT trace_ids FROM instances WHERE instance_key = 'o-0'")[0][0]
     finally:
         store.close()
+
+
+def test_over_the_memory_cap_finished_instances_leave_sooner(tmp_path: Path) -> None:
+    db = tmp_path / "cap.duckdb"
+    clock = ManualClock(T0 + 2 * SECOND)
+    store = Store(db, compiled_orders(), clock, tick_interval_s=None, max_loaded_instances=2)
+    store.open()
+    try:
+        for i in range(4):
+            store.submit(order_spans(10 + i, f"o-{i}")).result(timeout=30)
+        store.submit([span(99, "checkout", "PlaceOrder", 0, 1, attrs={"app.order.id": "o-running"})]).result(timeout=30)
+        store.tick_now()  # no time passed: only the cap makes them leave
+        table = store._processor.table
+        assert (table.loaded, len(table)) == (2, 5)
+        store.submit([span(10, "payment", "Refund", 700, 701)]).result(timeout=30)  # o-0 comes back
+        assert query_live(store, "SELECT status FROM instances WHERE instance_key = 'o-0'") == [("diverged",)]
+    finally:
+        store.close()
+    assert query(db, "SELECT count(*), count(DISTINCT instance_key) FROM instances") == [(5, 5)]
+    store = Store(db, compiled_orders(), clock, tick_interval_s=None, max_loaded_instances=1)
+    store.open()  # after a restart, instances that had finished before it leave memory too
+    try:
+        store.tick_now()
+        assert (store._processor.table.loaded, len(store._processor.table)) == (1, 5)
+    finally:
+        store.close()
