@@ -70,12 +70,6 @@ class Observer:
     def open_counts(self) -> Counter[str]:
         return Counter(a.kind for per in self._open.values() for a in per.values())
 
-    def observe(self, con: Any, states: Sequence[InstanceState], now_ns: int) -> dict[InstanceId, int]:
-        """Plan and write at once; returns the open anomaly count of each given instance."""
-        changes = self.plan(states, now_ns)
-        self.write(con, changes, now_ns)
-        return changes.counts
-
     def plan(self, states: Sequence[InstanceState], now_ns: int) -> Changes:
         """What opens and resolves, given these re-folded instances (updates the open set in memory)."""
         opened: list[tuple[InstanceId, Finding, str]] = []

@@ -43,7 +43,7 @@ def _register(con: Any, name: str, table: Any) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Tables:
-    """One transaction's writes as Arrow tables: built by the writer thread, written by the committer."""
+    """One transaction's writes as Arrow tables, built before the transaction begins."""
 
     transitions: Any
     spans: Any
