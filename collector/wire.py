@@ -14,6 +14,7 @@ Every field of the OTLP messages is declared, so nothing lands in the unknown-fi
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -124,18 +125,13 @@ ScopeSpans: Any = _CLASSES["ScopeSpans"]
 KeyValue: Any = _CLASSES["KeyValue"]
 
 
+@functools.lru_cache(maxsize=1024)  # asked for every request, for the same few keys
 def key_prefix(key: str) -> bytes:
-    """How an encoded ``KeyValue`` with this key begins: field 1, its length, its UTF-8 bytes."""
-    raw = key.encode()
-    n = len(raw)
-    varint = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        varint.append(byte | (0x80 if n else 0))
-        if not n:
-            break
-    return b"\x0a" + bytes(varint) + raw
+    """How an encoded ``KeyValue`` with this key begins: field 1, its length, its UTF-8 bytes.
+
+    (A ``KeyValue`` with only its key set encodes to exactly that.)
+    """
+    return bytes(KeyValue(key=key).SerializeToString())
 
 
 def key_value(blob: bytes) -> Any:
