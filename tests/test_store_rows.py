@@ -15,7 +15,7 @@ import pytest
 from analytics import rows
 from analytics.persist import insert
 from analytics.schema import migrate
-from analytics.store import Store
+from analytics.store import ROW_GROUP_SIZE, Store
 from processors.clock import ManualClock
 from tests.conftest import query
 from tests.helpers import SECOND, T0, compiled_orders, order_spans
@@ -92,3 +92,35 @@ def test_each_instance_has_one_row_however_its_spans_arrive(tmp_path: Path) -> N
         db, "SELECT instance_key, list(status ORDER BY valid_from) FROM instance_history GROUP BY 1 ORDER BY 1"
     )
     assert history == [("o-1", ["running", "converged"]), ("o-2", ["running", "converged"])]
+
+
+@pytest.mark.parametrize("name", ["orders.duckdb", "memory.duckdb"])
+def test_the_database_keeps_small_row_groups_and_its_own_name(tmp_path: Path, name: str) -> None:
+    """The store attaches its file with ROW_GROUP_SIZE (short checkpoints under load); readers see
+    its tables by plain and qualified names, as with ``duckdb.connect(path)``."""
+    db = tmp_path / name
+    store = Store(db, compiled_orders(), ManualClock(T0 + 2 * SECOND), tick_interval_s=None)
+    store.open()
+    try:
+        spans = [sp for n in range(2_600) for sp in order_spans(100 + n, f"o-{n}")]
+        for i in range(0, len(spans), 2_000):
+            store.submit(spans[i : i + 2_000]).result(timeout=60)
+        cur = store.cursor()
+        try:
+            catalog = cur.execute("SELECT current_database()").fetchone()[0]
+            assert catalog == ("orders" if name == "orders.duckdb" else "coordstate")
+            assert cur.execute(f"SELECT count(*) FROM {catalog}.main.instances").fetchone() == (2_600,)
+            assert cur.execute("SELECT count(*) FROM transitions").fetchone()[0] > ROW_GROUP_SIZE
+        finally:
+            cur.close()
+    finally:
+        store.close()
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        groups = con.execute(
+            "SELECT row_group_id, max(count) FROM pragma_storage_info('transitions') GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    finally:
+        con.close()
+    assert len(groups) >= 2
+    assert all(rows_in_group <= ROW_GROUP_SIZE for _, rows_in_group in groups)
