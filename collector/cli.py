@@ -26,7 +26,7 @@ from collector.service import (
     resolve_model,
 )
 from collector.summary import summarize
-from collector.ui import DEFAULT_UI_PORT, start_ui, stop_ui, ui_env
+from collector.ui import DEFAULT_UI_PORT, app_port, start_ui, stop_ui, ui_env
 from demo.shop import SCENARIOS, DemoError, parse_scenarios, run_demo
 from processors.model import ModelError, load_model
 
@@ -136,6 +136,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 def _cmd_ui(args: argparse.Namespace) -> int:
     env = ui_env(args.api, args.db, args.token, args.trace_url)
+    args.port = app_port(args.port, args.address)
     proc = start_ui(args.port, env, address=args.address)
     print(
         f"coordstate app on http://{args.address}:{args.port} ({env.get('COORDSTATE_API') or env.get('COORDSTATE_DB')})",
@@ -177,6 +178,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     try:
         for warning in service.warnings:
             print(f"coordstate: warning: {warning}", file=sys.stderr, flush=True)
+        args.ui_port = app_port(args.ui_port, args.ui_address)
         ui = start_ui(
             args.ui_port, ui_env(service.api_url, None, config.token, args.trace_url), address=args.ui_address
         )
@@ -239,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = ui.add_mutually_exclusive_group()
     src.add_argument("--api", metavar="URL", help=f"query API of a running server (default {DEFAULT_API_URL})")
     src.add_argument("--db", metavar="PATH", help="a DuckDB file no server holds (read-only)")
-    ui.add_argument("--port", type=int, default=DEFAULT_UI_PORT, help="(default %(default)s)")
+    ui.add_argument("--port", type=int, default=DEFAULT_UI_PORT, help="(default %(default)s; 0: a free port)")
     ui.add_argument("--address", default="127.0.0.1", help="(default %(default)s)")
     ui.add_argument("--token", default=None, help="bearer token of the API (or set COORDSTATE_TOKEN)")
     ui.add_argument(
@@ -250,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="server + app (+ demo traffic with --demo), all in one; Ctrl-C stops everything")
     _model_db(up)
     _listeners(up)
-    up.add_argument("--ui-port", type=int, default=DEFAULT_UI_PORT, help="(default %(default)s)")
+    up.add_argument("--ui-port", type=int, default=DEFAULT_UI_PORT, help="(default %(default)s; 0: a free port)")
     up.add_argument("--ui-address", default="127.0.0.1", help="(default %(default)s)")
     up.add_argument(
         "--trace-url", default=None, metavar="TEMPLATE", help="trace link, e.g. http://localhost:16686/trace/{trace_id}"

@@ -6,7 +6,7 @@ transport (gRPC status codes or HTTP status codes); they know nothing of the mod
 Errors (the receivers map them to codes; ``retryable`` ones carry a retry delay):
 
     IntakeError
-    ├── Overloaded         retryable: too many spans/bytes in flight (UNAVAILABLE / 503)
+    ├── Overloaded         retryable: too many spans/bytes in flight (UNAVAILABLE / 429)
     ├── Unavailable        retryable: the commit failed, a decoder process died, or we are
     │                      shutting down (UNAVAILABLE / 503)
     └── PayloadError       permanent: the request cannot be decoded (INVALID_ARGUMENT / 400)

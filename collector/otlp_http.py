@@ -2,8 +2,10 @@
 
 Per the OTLP/HTTP specification: gzip request bodies, chunked bodies without Content-Length,
 responses in the request's encoding, partial success, errors as a ``google.rpc.Status`` body,
-``400`` (bad payload), ``401`` (token), ``413`` (too large), ``415`` (content type) and ``503``
-with ``Retry-After`` when overloaded or unable to commit (retryable).
+``400`` (bad payload), ``401`` (token), ``413`` (too large), ``415`` (content type), ``429``
+with ``Retry-After`` when admission control refuses (more in flight than the server admits) and
+``503`` with ``Retry-After`` when it cannot commit or is shutting down. Both are retryable for
+OTLP exporters (the specification's throttling codes).
 """
 
 from __future__ import annotations
@@ -97,7 +99,9 @@ def build_app(intake: Intake, *, token: str | None = None, max_body_bytes: int =
             outcome = await run_in_threadpool(intake.accept, body, parse)
         except PayloadError as exc:
             return _error(400, str(exc), ctype)
-        except (Overloaded, Unavailable) as exc:
+        except Overloaded as exc:
+            return _error(429, str(exc), ctype, retry_after=exc.retry_after_s)
+        except Unavailable as exc:
             return _error(503, str(exc), ctype, retry_after=exc.retry_after_s)
         except IntakeError as exc:  # pragma: no cover - every subclass is handled above
             return _error(500, str(exc), ctype)

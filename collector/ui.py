@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from importlib.util import find_spec
@@ -38,7 +39,17 @@ def ui_env(api: str | None, db: str | None, token: str | None, trace_url: str | 
     return env
 
 
+def app_port(port: int, address: str) -> int:
+    """``port``, or for 0 a port free on ``address`` now (Streamlit cannot report the one it binds)."""
+    if port:
+        return port
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
 def start_ui(port: int, env: dict[str, str], *, address: str = "127.0.0.1") -> subprocess.Popen[bytes]:
+    """Start the app on ``port`` (not 0: see :func:`app_port`)."""
     command = [
         sys.executable, "-m", "streamlit", "run", str(app_main()),
         "--server.port", str(port),

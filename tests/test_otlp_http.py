@@ -120,14 +120,17 @@ def test_too_large_is_413_also_when_gzipped(service: Service) -> None:
     assert "larger than 67108864 bytes" in status_pb2.Status.FromString(response.content).message
 
 
-def test_overload_is_503_with_retry_after(service: Service) -> None:
+def test_overload_is_429_with_retry_after(service: Service) -> None:
+    """Admission control says "slow down" (429); a commit that cannot happen says 503 (see
+    tests/reliability/test_storage_faults.py). The OTLP exporters retry both after Retry-After."""
     admission = service.intake.admission
     admission.max_bytes = 10
     assert admission.try_acquire(10)
     spans, _ = recorded_order("order-busy")
     response = httpx.post(url(service), content=encode(spans).SerializeToString(), headers=PB)
-    assert response.status_code == 503
+    assert response.status_code == 429
     assert response.headers["retry-after"] == "1"
+    assert "in-flight limit" in status_pb2.Status.FromString(response.content).message
     admission.release(10)
 
 

@@ -13,16 +13,14 @@ import httpx
 import pytest
 
 from tests.procs import COORDSTATE
-from tests.test_browser import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 
 def test_up_demo_starts_ingests_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
-    ui_port = free_port()
     proc = subprocess.Popen(
         [COORDSTATE, "up", "--demo", "--rate", "10", "--db", str(tmp_path / "up.duckdb"),
-         "--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0", "--api", "127.0.0.1:0", "--ui-port", str(ui_port)],
+         "--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0", "--api", "127.0.0.1:0", "--ui-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -34,7 +32,10 @@ def test_up_demo_starts_ingests_and_stops_cleanly_on_sigint(tmp_path: Path) -> N
                 break
         api = re.search(r"query API\s+(\S+)", banner)
         assert api, banner
-        assert f"app        http://127.0.0.1:{ui_port}" in banner
+        app = re.search(r"app\s+http://127\.0\.0\.1:(\d+)\n", banner)  # --ui-port 0: the port it got
+        assert app, banner
+        ui_port = int(app.group(1))
+        assert ui_port > 0
         deadline = time.monotonic() + 120
         health = instances = None
         while time.monotonic() < deadline and not (health == "ok" and instances):
