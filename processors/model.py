@@ -221,6 +221,17 @@ def parse_model(text: str, source: str = "<model>") -> ModelFile:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ModelError(source, [ModelProblem(where, f"not valid YAML: {problem}")]) from exc
+    except RecursionError as exc:  # the YAML parser recurses once per level of nesting
+        raise ModelError(
+            source,
+            [
+                ModelProblem(
+                    "",
+                    "not valid YAML for a model: nested too deeply to parse (a model is a few levels "
+                    "deep); look for unbalanced brackets or runaway indentation",
+                )
+            ],
+        ) from exc
     if not isinstance(data, dict):
         raise ModelError(source, [ModelProblem("", 'expected a mapping with file_format: "1" and workflows')])
     fmt = data.get("file_format")

@@ -138,6 +138,18 @@ INVALID = [
         "line 3, column 1: not valid YAML: expected the node content, but found '<stream end>'",
         id="bad-yaml",
     ),
+    pytest.param(  # found by atheris: PyYAML recurses once per level (RecursionError before)
+        "file_format: '1'\nworkflows: " + "{a: " * 2_000 + "\n",
+        "not valid YAML for a model: nested too deeply to parse (a model is a few levels deep); "
+        "look for unbalanced brackets or runaway indentation",
+        id="nested-too-deeply",
+    ),
+    pytest.param(
+        "file_format: '1'\nworkflows:\n" + "".join("  " * i + "a:\n" for i in range(1, 600)),
+        "not valid YAML for a model: nested too deeply to parse (a model is a few levels deep); "
+        "look for unbalanced brackets or runaway indentation",
+        id="indented-too-deeply",
+    ),
 ]
 
 
