@@ -126,7 +126,8 @@ def connect(path: str) -> Any:
     """A connection whose default catalog is the database file, attached with ROW_GROUP_SIZE.
 
     ``duckdb.connect(path)`` cannot set the row group size; ATTACH can. The alias is the one
-    ``duckdb.connect`` would infer (the file's stem), so qualified names keep working; spills go
+    ``duckdb.connect`` would infer (the file's stem), so qualified names keep working — or
+    ``coordstate`` when the stem is not a plain identifier or names a built-in catalog. Spills go
     where they went before (``<path>.tmp``), not to the working directory.
     """
     alias = Path(path).stem
