@@ -108,10 +108,13 @@ def write(con: Any, t: Tables) -> None:
     insert(con, "instance_history", t.history)
 
 
+#: a finished instance last updated before the parameter (retention, eviction at start-up)
+_QUIET = "status IN ('converged', 'compensated', 'diverged') AND updated_at < ?::TIMESTAMP"
+
+
 def expired_instances(con: Any, cutoff: str, limit: int) -> list[InstanceId]:
     found = con.execute(
-        "SELECT workflow, instance_key FROM instances "
-        "WHERE status IN ('converged', 'compensated', 'diverged') AND updated_at < ?::TIMESTAMP LIMIT ?",
+        f"SELECT workflow, instance_key FROM instances WHERE {_QUIET} LIMIT ?",
         [cutoff, limit],
     ).fetchall()
     return [(str(w), str(k)) for w, k in found]
@@ -131,18 +134,24 @@ def delete_history(con: Any, instances: list[InstanceId], cutoff: str) -> None:
     con.unregister("_expired")
 
 
-def load_instance(con: Any, instance: InstanceId) -> list[Transition]:
+def load_instance(con: Any, model: CompiledModel, instance: InstanceId) -> list[Transition]:
     """One instance's transitions (an evicted instance coming back)."""
+    return _transitions(con, model, "t.workflow = ? AND t.instance_key = ?", list(instance))
+
+
+def _transitions(con: Any, model: CompiledModel, where: str, params: list[str]) -> list[Transition]:
+    """Stored transitions of the steps the model has: history of a step since removed from the
+    model stays in the table, but the fold has no place for it."""
+    known = {name: {s.name for s in wf.steps} for name, wf in model.workflows.items()}
     return [
         Transition(r[0], r[1], r[2], StepState(r[3]), r[4], r[5], r[6], r[7], r[8])
         for r in con.execute(
-            f"SELECT {_TRANSITION_COLUMNS} FROM transitions WHERE workflow = ? AND instance_key = ?", list(instance)
+            "SELECT workflow, instance_key, step, state, epoch_ns(event_time), trace_id, span_id, service, source "
+            f"FROM transitions t WHERE {where}",
+            params,
         ).fetchall()
+        if r[2] in known.get(r[0], ())
     ]
-
-
-_TRANSITION_COLUMNS = "workflow, instance_key, step, state, epoch_ns(event_time), trace_id, span_id, service, source"
-_QUIET = "status IN ('converged', 'compensated', 'diverged') AND updated_at < ?::TIMESTAMP"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,22 +167,19 @@ class Restored:
 
 def load(con: Any, model: CompiledModel, quiet_before: str) -> Restored:
     """Everything the in-memory state is rebuilt from at start-up (and after a failed commit)."""
-    known = {name: {s.name for s in wf.steps} for name, wf in model.workflows.items()}
     evicted = [
         (str(w), str(k))
         for w, k in con.execute(
             f"SELECT workflow, instance_key FROM instances WHERE {_QUIET}", [quiet_before]
         ).fetchall()
     ]
-    transitions = [
-        Transition(r[0], r[1], r[2], StepState(r[3]), r[4], r[5], r[6], r[7], r[8])
-        for r in con.execute(
-            f"SELECT {_TRANSITION_COLUMNS} FROM transitions t WHERE NOT EXISTS ("
-            f"SELECT 1 FROM instances i WHERE i.workflow = t.workflow AND i.instance_key = t.instance_key AND {_QUIET})",
-            [quiet_before],
-        ).fetchall()
-        if r[2] in known.get(r[0], ())
-    ]
+    transitions = _transitions(
+        con,
+        model,
+        "NOT EXISTS (SELECT 1 FROM instances i WHERE i.workflow = t.workflow AND i.instance_key = t.instance_key "
+        f"AND {_QUIET})",
+        [quiet_before],
+    )
     keys = [
         LearnedKey(*r)
         for r in con.execute(

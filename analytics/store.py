@@ -479,7 +479,7 @@ class Store:
         return Processor(self.model, InstanceTable(self.model.workflows, loader=self._load_instance))
 
     def _load_instance(self, instance: InstanceId) -> list[Transition]:
-        return persist.load_instance(self._con, instance)
+        return persist.load_instance(self._con, self.model, instance)
 
     def _evict_quiet(self, now: int) -> None:
         """Finished instances quiet for EVICT_AFTER_NS leave memory (their id stays); sooner, the

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
+
 from analytics.store import EVICT_AFTER_NS, Store
 from processors.clock import ManualClock
 from tests.conftest import query, query_live
@@ -79,5 +81,33 @@ def test_over_the_memory_cap_finished_instances_leave_sooner(tmp_path: Path) -> 
     try:
         store.tick_now()
         assert (store._processor.table.loaded, len(store._processor.table)) == (1, 5)
+    finally:
+        store.close()
+
+
+def test_a_step_no_longer_in_the_model_is_skipped_when_an_instance_comes_back(tmp_path: Path) -> None:
+    """Stored history may name a step the model has since dropped: start-up skips it, and so must
+    the reload of an evicted instance (before, its fold failed and the late span's batch with it)."""
+    db = tmp_path / "old-step.duckdb"
+    clock = ManualClock(T0 + 2 * SECOND)
+    store = open_store(db, clock)
+    try:
+        store.submit(order_spans(10, "o-0")).result(timeout=30)
+    finally:
+        store.close()
+    con = duckdb.connect(str(db))
+    try:  # written by an older model that had a gift-wrap step
+        con.execute(
+            "INSERT INTO transitions SELECT workflow, instance_key, 'gift_wrap', state, event_time, observed_at, "
+            "trace_id, 'wrap-span', service, source FROM transitions WHERE instance_key = 'o-0' LIMIT 1"
+        )
+    finally:
+        con.close()
+    clock.set(T0 + 2 * SECOND + EVICT_AFTER_NS + SECOND)
+    store = open_store(db, clock)  # o-0 finished long ago: restored as an id only
+    try:
+        assert store._processor.table.loaded == 0
+        store.submit([span(10, "payment", "Refund", 700, 701)]).result(timeout=30)  # o-0 comes back
+        assert query_live(store, "SELECT status FROM instances WHERE instance_key = 'o-0'") == [("diverged",)]
     finally:
         store.close()
