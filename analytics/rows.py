@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
 from datetime import datetime, timedelta
 
 import pyarrow as pa
@@ -134,9 +133,17 @@ def pending_table(rows: Sequence[PendingSpan]) -> pa.Table:
             "span_id": pa.array([p.span.span_id for p in rows], pa.string()),
             "instance_key": pa.array([p.key for p in rows], pa.string()),
             "arrived_ns": pa.array([p.arrived_ns for p in rows], pa.int64()),
-            "payload": pa.array([json.dumps(asdict(p.span), separators=(",", ":")) for p in rows], pa.string()),
+            "payload": pa.array([span_payload(p.span) for p in rows], pa.string()),
         }
     )
+
+
+def span_payload(span: SpanRecord) -> str:
+    """A buffered span as JSON (``span_from_payload`` reads it back; the shape is stored data)."""
+    data = span._asdict()
+    data["events"] = [e._asdict() for e in span.events]
+    data["links"] = [link._asdict() for link in span.links]
+    return json.dumps(data, separators=(",", ":"))
 
 
 def span_from_payload(payload: str) -> SpanRecord:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from processors.matching import Candidate, CompiledModel
 from processors.model import WorkflowSpec
@@ -32,8 +33,7 @@ DEFAULT_MAX_PENDING = 100_000
 DEFAULT_MAX_TRACE_KEYS = 200_000
 
 
-@dataclass(frozen=True, slots=True)
-class PendingSpan:
+class PendingSpan(NamedTuple):
     """A matched span waiting in a buffer: for its key (``key is None``) or its instance start."""
 
     workflow: str
@@ -46,8 +46,7 @@ class PendingSpan:
         return (self.workflow, self.span.trace_id, self.span.span_id)
 
 
-@dataclass(frozen=True, slots=True)
-class MatchedSpan:
+class MatchedSpan(NamedTuple):
     """A span the model matched, with where it ended up (for the ``spans`` table)."""
 
     workflow: str
@@ -57,8 +56,7 @@ class MatchedSpan:
     disposition: str  # "keyed" | "orphan" | "unkeyed"
 
 
-@dataclass(frozen=True, slots=True)
-class LearnedKey:
+class LearnedKey(NamedTuple):
     workflow: str
     trace_id: str
     instance_key: str

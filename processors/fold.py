@@ -20,31 +20,30 @@ Status rules (DESIGN.md §4), evaluated at every transition and at every timer i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from processors.model import WorkflowSpec
 from processors.types import STATE_RANK, InstanceStatus, StepState, Transition
 
 
-@dataclass(frozen=True, slots=True)
-class Evidence:
+class Evidence(NamedTuple):
     trace_id: str
     span_id: str
     time_ns: int
 
 
-@dataclass(frozen=True, slots=True)
-class StepView:
-    """One step of one instance after the fold."""
+class StepView(NamedTuple):
+    """One step of one instance after the fold (a ``NamedTuple``: built for every step of every fold)."""
 
-    state: StepState | None = None
-    since_ns: int | None = None
+    state: StepState | None
+    since_ns: int | None
     #: first event time each state was reached (``requires`` and conflicts look here)
-    first_ns: Mapping[StepState, int] = field(default_factory=dict)
+    first_ns: Mapping[StepState, int]
     #: distinct spans that completed this step (more than one: a duplicate action)
-    completions: tuple[Evidence, ...] = ()
-    failures: tuple[Evidence, ...] = ()
-    started_by: Evidence | None = None
+    completions: tuple[Evidence, ...]
+    failures: tuple[Evidence, ...]
+    started_by: Evidence | None
 
 
 @dataclass(frozen=True, slots=True)

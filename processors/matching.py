@@ -13,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from processors.model import MatchSpec, ModelFile, StepSpec, WorkflowSpec, matchers
 from processors.types import AttrValue, SpanEvent, SpanRecord, StepState
@@ -40,8 +40,7 @@ class _Pattern:
         return self.exact is None or self.exact == value
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
     """A transition before correlation: which step, which state, when, from which evidence."""
 
     workflow: str

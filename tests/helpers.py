@@ -55,7 +55,8 @@ def span(
         end_ns=T0 + int(end * SECOND),
         error=error,
         attributes=attrs or {},
-        events=tuple(SpanEvent(n, T0 + int(t * SECOND)) for n, t in events),
+        resource_attributes={},
+        events=tuple(SpanEvent(n, T0 + int(t * SECOND), {}) for n, t in events),
         links=tuple(SpanLink(trace_id(t), s) for t, s in links),
     )
 

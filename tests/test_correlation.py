@@ -81,21 +81,16 @@ def test_linked_span_waits_for_the_linked_trace_key() -> None:
 
 
 def test_resource_attribute_carries_the_key() -> None:
-    from dataclasses import replace
-
     proc = Processor(compiled_orders())
-    root = replace(span(3, "checkout", "PlaceOrder", 0, 1), resource_attributes={"demo.order.id": "r-1"})
+    root = span(3, "checkout", "PlaceOrder", 0, 1)._replace(resource_attributes={"demo.order.id": "r-1"})
     out = proc.process([root], now_ns=T0)
     assert {t.instance_key for t in out.transitions} == {"r-1"}
 
 
 def test_span_attribute_wins_over_resource_attribute() -> None:
-    from dataclasses import replace
-
     proc = Processor(compiled_orders())
-    root = replace(
-        span(3, "checkout", "PlaceOrder", 0, 1, attrs={"app.order.id": "span-key"}),
-        resource_attributes={"app.order.id": "resource-key"},
+    root = span(3, "checkout", "PlaceOrder", 0, 1, attrs={"app.order.id": "span-key"})._replace(
+        resource_attributes={"app.order.id": "resource-key"}
     )
     assert {t.instance_key for t in proc.process([root], now_ns=T0).transitions} == {"span-key"}
 

@@ -6,6 +6,7 @@ cheapest path DuckDB offers), so a column out of order would land in the wrong c
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -17,6 +18,7 @@ from analytics.persist import insert
 from analytics.schema import migrate
 from analytics.store import ROW_GROUP_SIZE, Store
 from processors.clock import ManualClock
+from processors.types import SpanEvent, SpanLink, SpanRecord
 from tests.conftest import query
 from tests.helpers import SECOND, T0, compiled_orders, order_spans
 
@@ -124,3 +126,37 @@ def test_the_database_keeps_small_row_groups_and_its_own_name(tmp_path: Path, na
         con.close()
     assert len(groups) >= 2
     assert all(rows_in_group <= ROW_GROUP_SIZE for _, rows_in_group in groups)
+
+
+def test_a_buffered_span_is_stored_as_the_same_json_and_read_back_equal() -> None:
+    """``_pending.payload`` is stored data: databases written by earlier versions must still load."""
+    span = SpanRecord(
+        trace_id="ab" * 16,
+        span_id="cd" * 8,
+        parent_span_id="",
+        service="inventory",
+        name="Reserve",
+        start_ns=T0,
+        end_ns=T0 + SECOND,
+        error=True,
+        attributes={"app.order.id": "o-1", "retry": 2},
+        resource_attributes={"deployment": "eu"},
+        events=(SpanEvent("inventory.reserved", T0 + 5, {"sku": "x"}),),
+        links=(SpanLink("ef" * 16, "01" * 8),),
+    )
+    payload = rows.span_payload(span)
+    assert json.loads(payload) == {
+        "trace_id": "ab" * 16,
+        "span_id": "cd" * 8,
+        "parent_span_id": "",
+        "service": "inventory",
+        "name": "Reserve",
+        "start_ns": T0,
+        "end_ns": T0 + SECOND,
+        "error": True,
+        "attributes": {"app.order.id": "o-1", "retry": 2},
+        "resource_attributes": {"deployment": "eu"},
+        "events": [{"name": "inventory.reserved", "time_ns": T0 + 5, "attributes": {"sku": "x"}}],
+        "links": [{"trace_id": "ef" * 16, "span_id": "01" * 8}],
+    }
+    assert rows.span_from_payload(payload) == span
