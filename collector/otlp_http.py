@@ -15,7 +15,7 @@ import json
 import zlib
 from collections.abc import Callable
 
-from google.rpc import status_pb2
+from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
@@ -37,12 +37,27 @@ class _TooLarge(Exception):
     pass
 
 
+#: the ``google.rpc.Code`` an error body carries for each HTTP status we answer (the Collector's
+#: own mapping, after gRPC's HTTP mapping): the body is a ``google.rpc.Status``, whose ``code`` is
+#: a gRPC code, never the HTTP status itself
+RPC_CODE = {
+    400: code_pb2.INVALID_ARGUMENT,
+    401: code_pb2.UNAUTHENTICATED,
+    413: code_pb2.INVALID_ARGUMENT,  # the sender must split its batch: permanent, like a 400
+    415: code_pb2.INVALID_ARGUMENT,
+    429: code_pb2.RESOURCE_EXHAUSTED,
+    500: code_pb2.INTERNAL,
+    503: code_pb2.UNAVAILABLE,
+}
+
+
 def _error(status: int, message: str, content_type: str, retry_after: int | None = None) -> Response:
     headers = {"Retry-After": str(retry_after)} if retry_after else None
+    code = RPC_CODE.get(status, code_pb2.UNKNOWN)
     if content_type == JSON:
-        body = json.dumps({"code": status, "message": message}).encode()
+        body = json.dumps({"code": code, "message": message}).encode()
     else:
-        body = status_pb2.Status(code=status, message=message).SerializeToString()
+        body = status_pb2.Status(code=code, message=message).SerializeToString()
         content_type = PROTOBUF
     return Response(body, status_code=status, media_type=content_type, headers=headers)
 

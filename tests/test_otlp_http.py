@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from google.rpc import status_pb2
+from google.rpc import code_pb2, status_pb2
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace.export import SpanExportResult
@@ -102,22 +102,28 @@ def test_partial_success_in_json(service: Service) -> None:
 def test_bad_requests_get_a_clear_status(
     service: Service, headers: dict[str, str], content: bytes, status: int, message: str
 ) -> None:
+    """The body is a ``google.rpc.Status``: its code is a gRPC code (3), not the HTTP status."""
     response = httpx.post(url(service), content=content, headers=headers)
     assert response.status_code == status
-    assert message in status_pb2.Status.FromString(response.content).message
+    body = status_pb2.Status.FromString(response.content)
+    assert message in body.message
+    assert body.code == code_pb2.INVALID_ARGUMENT
 
 
 def test_bad_json_answers_400_in_json(service: Service) -> None:
     response = httpx.post(url(service), content=b"{nope", headers={"Content-Type": "application/json"})
     assert response.status_code == 400
     assert response.json()["message"].startswith("not valid JSON")
+    assert response.json()["code"] == code_pb2.INVALID_ARGUMENT
 
 
 def test_too_large_is_413_also_when_gzipped(service: Service) -> None:
     bomb = gzip.compress(b"\x00" * (65 * 1024 * 1024))
     response = httpx.post(url(service), content=bomb, headers={**PB, "Content-Encoding": "gzip"}, timeout=30)
     assert response.status_code == 413
-    assert "larger than 67108864 bytes" in status_pb2.Status.FromString(response.content).message
+    body = status_pb2.Status.FromString(response.content)
+    assert "larger than 67108864 bytes" in body.message
+    assert body.code == code_pb2.INVALID_ARGUMENT
 
 
 def test_overload_is_429_with_retry_after(service: Service) -> None:
@@ -130,7 +136,9 @@ def test_overload_is_429_with_retry_after(service: Service) -> None:
     response = httpx.post(url(service), content=encode(spans).SerializeToString(), headers=PB)
     assert response.status_code == 429
     assert response.headers["retry-after"] == "1"
-    assert "in-flight limit" in status_pb2.Status.FromString(response.content).message
+    body = status_pb2.Status.FromString(response.content)
+    assert "in-flight limit" in body.message
+    assert body.code == code_pb2.RESOURCE_EXHAUSTED
     admission.release(10)
 
 

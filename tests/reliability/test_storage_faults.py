@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from collector.service import Service
@@ -48,6 +48,7 @@ def test_injected_commit_failure_is_retryable_and_recovers(service: Service, db_
     )
     assert r.status_code == 503
     assert r.headers["retry-after"] == "1"
+    assert status_pb2.Status.FromString(r.content).code == code_pb2.UNAVAILABLE
     result: list[SpanExportResult] = []
     retrying = threading.Thread(
         target=lambda: result.append(grpc_exporter(service.grpc_endpoint, timeout=30).export(spans))
