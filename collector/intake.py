@@ -74,10 +74,11 @@ class Admission:
     def in_flight(self) -> int:
         return self._bytes
 
-    def try_acquire(self, nbytes: int) -> bool:
+    def try_acquire(self, nbytes: int, held: int = 0) -> bool:
+        """Take ``nbytes`` more; ``held``: what the caller already holds (a body still arriving)."""
         with self._lock:
             # one request larger than the whole budget is still let through alone
-            if self._bytes and self._bytes + nbytes > self.max_bytes:
+            if self._bytes > held and self._bytes + nbytes > self.max_bytes:
                 return False
             self._bytes += nbytes
             return True
@@ -102,14 +103,18 @@ class Intake:
         self.admission = admission
         self.decoders = decoders or Decoders(model, "", "", 0)
 
+    def overloaded(self) -> Overloaded:
+        """The refusal (counted) for a request admission control cannot take now."""
+        self.telemetry.add("requests_refused_overload")
+        return Overloaded(
+            f"coordstate is at its in-flight limit ({self.admission.max_bytes} bytes); retry after a back-off"
+        )
+
     def accept(self, payload: bytes, parse: Callable[[bytes], WireRequest]) -> Outcome:
         """Decode, commit and answer one export request. Blocks until committed."""
         nbytes = len(payload)
         if not self.admission.try_acquire(nbytes):
-            self.telemetry.add("requests_refused_overload")
-            raise Overloaded(
-                f"coordstate is at its in-flight limit ({self.admission.max_bytes} bytes); retry after a back-off"
-            )
+            raise self.overloaded()
         try:
             return self._accept(payload, parse)
         finally:

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from collector.decode import WireRequest, parse_json, parse_protobuf
-from collector.intake import Intake, IntakeError, Overloaded, PayloadError, Unavailable
+from collector.intake import Admission, Intake, IntakeError, Overloaded, PayloadError, Unavailable
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 PROTOBUF = "application/x-protobuf"
@@ -35,6 +35,34 @@ JSON = "application/json"
 
 class _TooLarge(Exception):
     pass
+
+
+class _Busy(Exception):
+    """Admission control cannot hold this body now (answered 429 once it has been read and dropped)."""
+
+
+class _Held:
+    """The bytes of a body being read, held against admission control until it is handed over.
+
+    Bodies count while they arrive, not only once complete: many large uploads at once cannot
+    all sit in memory before admission control sees them. A declared Content-Length is
+    taken in one piece (so a body larger than the whole budget still passes alone, as in
+    :meth:`Admission.try_acquire`); a chunked body grows its share chunk by chunk.
+    """
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.nbytes = 0
+
+    def try_grow(self, nbytes: int) -> bool:
+        if not self.admission.try_acquire(nbytes, held=self.nbytes):
+            return False
+        self.nbytes += nbytes
+        return True
+
+    def release(self) -> None:
+        self.admission.release(self.nbytes)
+        self.nbytes = 0
 
 
 #: the ``google.rpc.Code`` an error body carries for each HTTP status we answer (the Collector's
@@ -62,17 +90,35 @@ def _error(status: int, message: str, content_type: str, retry_after: int | None
     return Response(body, status_code=status, media_type=content_type, headers=headers)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, held: _Held) -> bytes:
+    """The whole body, or ``_TooLarge`` / ``_Busy``.
+
+    A body admission control cannot hold is still read to its end, but dropped as it arrives:
+    the sender gets a clean 429 (an answer sent while it is still writing would reach it as a
+    broken connection), and memory holds none of it.
+    """
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
+    busy = False
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
+            raise _TooLarge
+        busy = not held.try_grow(int(declared))
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise _TooLarge
+        if busy:
+            continue
+        if size > held.nbytes and not held.try_grow(size - held.nbytes):
+            busy = True
+            held.release()
+            chunks.clear()
+            continue
         chunks.append(chunk)
+    if busy:
+        raise _Busy
     return b"".join(chunks)
 
 
@@ -98,8 +144,9 @@ def build_app(intake: Intake, *, token: str | None = None, max_body_bytes: int =
             if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
                 intake.telemetry.add("requests_unauthenticated")
                 return _error(401, "missing or wrong bearer token in the Authorization header", ctype)
+        held = _Held(intake.admission)
         try:
-            body = await _read_body(request, max_body_bytes)
+            body = await _read_body(request, max_body_bytes, held)
             encoding = request.headers.get("content-encoding", "identity").strip().lower()
             if encoding == "gzip":
                 body = _gunzip(body, max_body_bytes)
@@ -107,8 +154,13 @@ def build_app(intake: Intake, *, token: str | None = None, max_body_bytes: int =
                 return _error(415, f"unsupported Content-Encoding {encoding!r}: send gzip or none", ctype)
         except _TooLarge:
             return _error(413, f"request body larger than {max_body_bytes} bytes; send smaller batches", ctype)
+        except _Busy:
+            busy = intake.overloaded()
+            return _error(429, str(busy), ctype, retry_after=busy.retry_after_s)
         except zlib.error as exc:
             return _error(400, f"the body is not valid gzip: {exc}", ctype)
+        finally:
+            held.release()  # the decoded payload is admitted on its own in Intake.accept
         parse: Callable[[bytes], WireRequest] = parse_json if ctype == JSON else parse_protobuf
         try:
             outcome = await run_in_threadpool(intake.accept, body, parse)

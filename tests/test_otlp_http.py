@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,11 +68,7 @@ def test_chunked_body_without_content_length(service: Service, db_path: Path) ->
     spans, _ = recorded_order("order-chunked")
     payload = encode(spans).SerializeToString()
 
-    def chunks() -> Iterator[bytes]:
-        for i in range(0, len(payload), 100):
-            yield payload[i : i + 100]
-
-    response = httpx.post(url(service), content=chunks(), headers=PB)
+    response = httpx.post(url(service), content=_chunked(payload), headers=PB)
     assert response.status_code == 200
     assert response.request.headers.get("transfer-encoding") == "chunked"
     assert "content-length" not in response.request.headers
@@ -140,6 +138,53 @@ def test_overload_is_429_with_retry_after(service: Service) -> None:
     assert "in-flight limit" in body.message
     assert body.code == code_pb2.RESOURCE_EXHAUSTED
     admission.release(10)
+
+
+def _chunked(payload: bytes, size: int = 100) -> Iterator[bytes]:
+    for i in range(0, len(payload), size):
+        yield payload[i : i + size]
+
+
+def test_bodies_count_against_admission_while_they_arrive(service: Service, db_path: Path) -> None:
+    """A body is held against the in-flight budget as it is read, not only once complete (many
+    large uploads at once cannot all sit in memory first). With the budget taken, a chunked
+    upload is read to its end but kept nowhere, and answered 429, giving back what it held."""
+    admission = service.intake.admission
+    payload = encode(recorded_order("order-chunked-busy")[0]).SerializeToString()
+    admission.max_bytes = len(payload) + 50
+    assert admission.try_acquire(len(payload))  # another request holds most of the budget
+    refused_before = service.telemetry.snapshot().counters.get("requests_refused_overload", 0)
+    response = httpx.post(url(service), content=_chunked(payload), headers=PB)
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "1"
+    assert "in-flight limit" in status_pb2.Status.FromString(response.content).message
+    assert service.telemetry.snapshot().counters["requests_refused_overload"] == refused_before + 1
+    assert admission.in_flight == len(payload)  # the refused body left nothing held
+    admission.release(len(payload))
+    # alone, a body passes even when larger than the whole budget; it is held while it arrives
+    admission.max_bytes = 10
+    half = len(payload) // 2
+    go_on = threading.Event()
+
+    def paused() -> Iterator[bytes]:
+        yield payload[:half]
+        go_on.wait(timeout=30)
+        yield payload[half:]
+
+    answers: list[httpx.Response] = []
+    upload = threading.Thread(target=lambda: answers.append(httpx.post(url(service), content=paused(), headers=PB)))
+    upload.start()
+    deadline = time.monotonic() + 30
+    while admission.in_flight < half and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling: the first half is on its way
+    held_midway = admission.in_flight
+    go_on.set()
+    upload.join(timeout=30)
+    assert held_midway == half
+    assert answers[0].status_code == 200
+    assert admission.in_flight == 0
+    service.stop()
+    assert query(db_path, "SELECT instance_key, status FROM instances") == [("order-chunked-busy", "converged")]
 
 
 def test_get_is_405(service: Service) -> None:
