@@ -203,13 +203,23 @@ class Store:
                 )
             _OPEN_PATHS.add(real)
         self._real_path = real
+        where = Path(self.path)
+        if where.is_dir() or not where.parent.is_dir():
+            self._release_path()
+            raise StoreOpenError(
+                f"cannot open the database {self.path}: it is a directory; pass a file, e.g. --db {where / 'coordstate.duckdb'}"
+                if where.is_dir()
+                else f"cannot open the database {self.path}: the directory {where.parent} does not exist; "
+                "create it, or pass another --db"
+            )
         try:
             self._con = connect(self.path)
         except duckdb.Error as exc:
             self._release_path()
+            held = "lock" in str(exc).lower()
             raise StoreOpenError(
-                f"cannot open the database {self.path}: {exc}. Is another coordstate serving it? "
-                "Stop it, or pass another --db"
+                f"cannot open the database {self.path}: {exc}"
+                + (". Is another coordstate serving it? Stop it, or pass another --db" if held else "")
             ) from exc
         try:
             migrate(self._con)

@@ -35,6 +35,25 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
+def host_port(value: str) -> str:
+    """argparse type for listener and endpoint flags: HOST:PORT, IPv6 in brackets, port 0–65535."""
+    host, sep, port = value.rpartition(":")
+    bare_ipv6 = ":" in host and not (host.startswith("[") and host.endswith("]"))
+    if not sep or not port.isdigit() or int(port) > 65535 or bare_ipv6:
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT with a port from 0 to 65535 (0: any free port), got {value!r} "
+            "(e.g. 127.0.0.1:4327, [::1]:4327)"
+        )
+    return value
+
+
+def port_number(value: str) -> int:
+    """argparse type for a port: 0–65535 (0: any free port)."""
+    if not value.isdigit() or int(value) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535 (0: any free port), got {value!r}")
+    return int(value)
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for path in args.models:
@@ -241,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = ui.add_mutually_exclusive_group()
     src.add_argument("--api", metavar="URL", help=f"query API of a running server (default {DEFAULT_API_URL})")
     src.add_argument("--db", metavar="PATH", help="a DuckDB file no server holds (read-only)")
-    ui.add_argument("--port", type=int, default=DEFAULT_UI_PORT, help="(default %(default)s; 0: a free port)")
+    ui.add_argument("--port", type=port_number, default=DEFAULT_UI_PORT, help="(default %(default)s; 0: a free port)")
     ui.add_argument("--address", default="127.0.0.1", help="(default %(default)s)")
     ui.add_argument("--token", default=None, help="bearer token of the API (or set COORDSTATE_TOKEN)")
     ui.add_argument(
@@ -252,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="server + app (+ demo traffic with --demo), all in one; Ctrl-C stops everything")
     _model_db(up)
     _listeners(up)
-    up.add_argument("--ui-port", type=int, default=DEFAULT_UI_PORT, help="(default %(default)s; 0: a free port)")
+    up.add_argument(
+        "--ui-port", type=port_number, default=DEFAULT_UI_PORT, help="(default %(default)s; 0: a free port)"
+    )
     up.add_argument("--ui-address", default="127.0.0.1", help="(default %(default)s)")
     up.add_argument(
         "--trace-url", default=None, metavar="TEMPLATE", help="trace link, e.g. http://localhost:16686/trace/{trace_id}"
@@ -265,7 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="demo traffic: an instrumented order system with fault scenarios, over OTLP/gRPC"
     )
     demo.add_argument(
-        "--endpoint", default=DEFAULT_OTLP_GRPC, metavar="HOST:PORT", help="OTLP/gRPC (default %(default)s)"
+        "--endpoint",
+        type=host_port,
+        default=DEFAULT_OTLP_GRPC,
+        metavar="HOST:PORT",
+        help="OTLP/gRPC (default %(default)s)",
     )
     _demo_options(demo)
     demo.add_argument("--seed", type=int, default=None, help="random seed (same seed, same scenario sequence)")
@@ -291,13 +316,12 @@ def _demo_options(p: argparse.ArgumentParser) -> None:
 
 
 def _listeners(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--otlp-grpc", default=DEFAULT_OTLP_GRPC, metavar="HOST:PORT", help="OTLP/gRPC (default %(default)s)"
-    )
-    p.add_argument(
-        "--otlp-http", default=DEFAULT_OTLP_HTTP, metavar="HOST:PORT", help="OTLP/HTTP (default %(default)s)"
-    )
-    p.add_argument("--api", default=DEFAULT_API, metavar="HOST:PORT", help="read-only query API (default %(default)s)")
+    for flag, default, what in (
+        ("--otlp-grpc", DEFAULT_OTLP_GRPC, "OTLP/gRPC"),
+        ("--otlp-http", DEFAULT_OTLP_HTTP, "OTLP/HTTP"),
+        ("--api", DEFAULT_API, "read-only query API"),
+    ):
+        p.add_argument(flag, type=host_port, default=default, metavar="HOST:PORT", help=f"{what} (default %(default)s)")
     p.add_argument("--token", default=None, help="require this bearer token on every endpoint (or COORDSTATE_TOKEN)")
     p.add_argument("--tls-cert", default=None, metavar="PEM", help="certificate chain: TLS on every listener")
     p.add_argument("--tls-key", default=None, metavar="PEM", help="private key for --tls-cert")

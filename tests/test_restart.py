@@ -87,3 +87,36 @@ def test_bad_model_fails_fast_with_exit_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "workflows: declare at least one workflow" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (
+            ["--db", "{tmp}/missing/x.duckdb"],
+            1,
+            "cannot open the database {tmp}/missing/x.duckdb: the directory {tmp}/missing does not exist; "
+            "create it, or pass another --db",
+        ),
+        (
+            ["--db", "{tmp}"],
+            1,
+            "cannot open the database {tmp}: it is a directory; pass a file, e.g. --db {tmp}/coordstate.duckdb",
+        ),
+        # grpc would bind 99999 - 65536 = 34463 without a word
+        (["--otlp-grpc", "127.0.0.1:99999"], 2, "argument --otlp-grpc: expected HOST:PORT with a port from 0 to 65535"),
+        (["--otlp-http", "localhost"], 2, "argument --otlp-http: expected HOST:PORT"),
+        (["--api", "::1:4329"], 2, "argument --api: expected HOST:PORT"),
+    ],
+)
+def test_bad_serve_arguments_fail_fast_and_say_how_to_fix(
+    tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    given = [a.format(tmp=tmp_path) for a in args]
+    options = {"--db": str(tmp_path / "x.duckdb"), "--otlp-grpc": "127.0.0.1:0", "--otlp-http": "127.0.0.1:0"}
+    options |= {"--api": "127.0.0.1:0", **dict(zip(given[::2], given[1::2], strict=True))}
+    argv = [part for option in options.items() for part in option]
+    result = subprocess.run([COORDSTATE, "serve", *argv], capture_output=True, text=True, timeout=60)
+    assert result.returncode == code
+    assert message.format(tmp=tmp_path) in result.stderr
+    assert "Traceback" not in result.stderr
