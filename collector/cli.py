@@ -33,6 +33,7 @@ from processors.model import ModelError, load_model
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+MAX_SKIPPED_SHOWN = 10
 
 
 def host_port(value: str) -> str:
@@ -135,7 +136,18 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         f"replayed {summary.files} file(s): {summary.requests} requests, {summary.spans} spans "
         f"({summary.rejected} rejected), {summary.transitions} transitions into {args.db}"
     )
-    return EXIT_OK
+    if not summary.skipped:
+        return EXIT_OK
+    for skipped in summary.skipped[:MAX_SKIPPED_SHOWN]:
+        print(f"coordstate: {skipped.place}: {skipped.reason}; skipped", file=sys.stderr)
+    if len(summary.skipped) > MAX_SKIPPED_SHOWN:
+        print(f"coordstate: … and {len(summary.skipped) - MAX_SKIPPED_SHOWN} more", file=sys.stderr)
+    print(
+        f"coordstate: {len(summary.skipped)} record(s) could not be read and were skipped; everything else is "
+        "stored. Fix or remove them and replay those files again: what is already stored does not change.",
+        file=sys.stderr,
+    )
+    return EXIT_FAILURE
 
 
 def _cmd_query(args: argparse.Namespace) -> int:

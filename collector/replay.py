@@ -4,6 +4,9 @@ Reads what the OpenTelemetry Collector's ``file`` exporter writes — OTLP/JSON,
 ``ExportTraceServiceRequest`` per line, or ``format: proto`` (each message behind a 4-byte
 big-endian length) — and plain single-message protobuf files; any of them gzip-compressed.
 
+A record that cannot be read (a broken JSON line, a truncated last message: the writer was
+stopped mid-write) is skipped and reported with its file and place; everything else is replayed.
+
 Determinism: the clock is the event-time watermark (the latest span end seen), the writer never
 ticks on its own, and every request is committed and followed by one tick before the next is
 read. The same files therefore always give the same tables. At the end the clock moves past the
@@ -32,12 +35,21 @@ class ReplayError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
+class Skipped:
+    """A record of a file that could not be read: where, and why."""
+
+    place: str  # "FILE:LINE" or "FILE: bytes A-B"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReplaySummary:
     files: int
     requests: int
     spans: int
     rejected: int
     transitions: int
+    skipped: tuple[Skipped, ...] = ()
 
 
 def _read(path: Path) -> bytes:
@@ -53,22 +65,34 @@ def _read(path: Path) -> bytes:
     return data
 
 
-def _length_prefixed(data: bytes) -> list[bytes] | None:
+def _length_prefixed(data: bytes) -> tuple[list[bytes], int]:
+    """Complete frames, and where the first incomplete one starts (``len(data)``: none)."""
     out: list[bytes] = []
     pos = 0
     while pos < len(data):
         if pos + 4 > len(data):
-            return None
+            break
         (size,) = struct.unpack(">I", data[pos : pos + 4])
         if pos + 4 + size > len(data):
-            return None
+            break
         out.append(data[pos + 4 : pos + 4 + size])
         pos += 4 + size
-    return out
+    return out, pos
 
 
-def requests_in(path: Path) -> Iterator[WireRequest]:
-    """Every export request in one file, whatever of the supported formats it is in."""
+def _parse_all(frames: list[bytes]) -> list[WireRequest] | None:
+    try:
+        return [parse_protobuf(frame) for frame in frames]
+    except PayloadError:
+        return None
+
+
+def requests_in(path: Path) -> Iterator[WireRequest | Skipped]:
+    """Every export request in one file, whatever of the supported formats it is in.
+
+    Records that cannot be read come as :class:`Skipped`; a file that is none of the formats
+    raises :class:`ReplayError`.
+    """
     data = _read(path)
     if data.lstrip()[:1] in (b"{", b"["):
         for lineno, line in enumerate(data.splitlines(), start=1):
@@ -76,23 +100,25 @@ def requests_in(path: Path) -> Iterator[WireRequest]:
                 try:
                     yield parse_json(line)
                 except PayloadError as exc:
-                    raise ReplayError(f"{path}:{lineno}: {exc}") from exc
+                    yield Skipped(f"{path}:{lineno}", str(exc))
         return
-    frames = _length_prefixed(data)
-    if frames is not None:
-        try:
-            parsed = [parse_protobuf(frame) for frame in frames]
-        except PayloadError:
-            parsed = None
-        if parsed is not None:
-            yield from parsed
-            return
+    frames, end = _length_prefixed(data)
+    parsed = _parse_all(frames) if frames else None
+    if parsed is not None and end == len(data):
+        yield from parsed
+        return
     try:
-        yield parse_protobuf(data)
+        single = parse_protobuf(data)
     except PayloadError as exc:
-        raise ReplayError(
-            f"{path}: neither OTLP/JSON lines nor OTLP protobuf (single or length-prefixed): {exc}"
-        ) from exc
+        if parsed is None:  # not even the complete frames are OTLP: not a file we know
+            raise ReplayError(
+                f"{path}: neither OTLP/JSON lines nor OTLP protobuf (single or length-prefixed): {exc}"
+            ) from exc
+        # length-prefixed messages whose last one was cut short (the writer stopped mid-write)
+        yield from parsed
+        yield Skipped(f"{path}: bytes {end}-{len(data)}", "a truncated last message (the file ends inside it)")
+        return
+    yield single
 
 
 def replay(files: list[Path], model: CompiledModel, db: Path, *, progress: bool = True) -> ReplaySummary:
@@ -101,6 +127,7 @@ def replay(files: list[Path], model: CompiledModel, db: Path, *, progress: bool 
     store = Store(db, model, clock, telemetry, tick_interval_s=None)
     store.open()
     requests = spans = rejected = 0
+    skipped: list[Skipped] = []
     try:
         bar = tqdm(
             total=sum(f.stat().st_size for f in files if f.exists()),
@@ -112,6 +139,9 @@ def replay(files: list[Path], model: CompiledModel, db: Path, *, progress: bool 
         with bar:
             for path in files:
                 for request in requests_in(path):
+                    if isinstance(request, Skipped):
+                        skipped.append(request)
+                        continue
                     decoded = decode_request(request, model)
                     requests += 1
                     spans += decoded.received
@@ -127,4 +157,4 @@ def replay(files: list[Path], model: CompiledModel, db: Path, *, progress: bool 
     finally:
         store.close()
     written = telemetry.snapshot().counters.get("transitions_written", 0)
-    return ReplaySummary(len(files), requests, spans, rejected, written)
+    return ReplaySummary(len(files), requests, spans, rejected, written, tuple(skipped))

@@ -73,10 +73,39 @@ def test_replay_is_deterministic(tmp_path: Path, files: dict[str, Path]) -> None
         assert query(first, sql) == query(second, sql)
 
 
-def test_replay_of_a_bad_file_names_the_file_and_line(tmp_path: Path) -> None:
+def test_a_bad_line_is_named_and_skipped_and_the_rest_replayed(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"resourceSpans": []}\n{"resourceSpans": [oops]}\n')
-    result = replay(tmp_path / "x.duckdb", bad)
+    after, _ = recorded_order("order-after")
+    bad.write_text('{"resourceSpans": []}\n{"resourceSpans": [oops]}\n' + json.dumps(to_json(encode(after))) + "\n")
+    db = tmp_path / "x.duckdb"
+    result = replay(db, bad)
     assert result.returncode == 1
-    assert f"{bad}:2: not valid JSON" in result.stderr
+    assert f"coordstate: {bad}:2: not valid JSON" in result.stderr
+    assert "1 record(s) could not be read and were skipped; everything else is stored" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "replayed 1 file(s): 2 requests, 4 spans" in result.stdout
+    assert query(db, "SELECT instance_key, status FROM instances") == [("order-after", "converged")]
+
+
+def test_a_truncated_last_message_is_skipped_and_the_complete_ones_replayed(tmp_path: Path) -> None:
+    """The Collector's file exporter (format: proto) stopped mid-write leaves half a message."""
+    messages = [encode(recorded_order(f"order-{i}")[0]).SerializeToString() for i in range(3)]
+    framed = b"".join(struct.pack(">I", len(m)) + m for m in messages)
+    start = len(framed) - 4 - len(messages[2])  # where the third message's frame begins
+    cut = start + 4 + len(messages[2]) // 2
+    truncated = tmp_path / "traces.binpb"
+    truncated.write_bytes(framed[:cut])
+    db = tmp_path / "x.duckdb"
+    result = replay(db, truncated)
+    assert result.returncode == 1
+    assert f"{truncated}: bytes {start}-{cut}: a truncated last message" in result.stderr
+    assert query(db, "SELECT instance_key FROM instances ORDER BY 1") == [("order-0",), ("order-1",)]
+
+
+def test_a_file_that_is_not_otlp_fails_and_says_so(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\xff" * 64)
+    result = replay(tmp_path / "x.duckdb", junk)
+    assert result.returncode == 1
+    assert f"{junk}: neither OTLP/JSON lines nor OTLP protobuf" in result.stderr
     assert "Traceback" not in result.stderr
