@@ -193,11 +193,13 @@ def load(con: Any, model: CompiledModel, quiet_before: str) -> Restored:
             "SELECT workflow, instance_key, arrived_ns, payload FROM _pending ORDER BY arrived_ns"
         ).fetchall()
     ]
-    stored = {
+    stored = {  # only of the instances loaded into memory: the quiet ones are ids, nothing more
         (r[0], r[1]): (str(r[2]), int(r[3]))
         for r in con.execute(
-            "SELECT i.workflow, i.instance_key, i.status, count(h.status) FROM instances i "
-            "LEFT JOIN instance_history h USING (workflow, instance_key) GROUP BY ALL"
+            "SELECT i.workflow, i.instance_key, i.status, count(h.status) "
+            f"FROM (SELECT * FROM instances WHERE ({_QUIET}) IS NOT TRUE) i "
+            "LEFT JOIN instance_history h USING (workflow, instance_key) GROUP BY ALL",
+            [quiet_before],
         ).fetchall()
     }
     return Restored(transitions, evicted, keys, pending, stored)

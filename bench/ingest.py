@@ -239,6 +239,28 @@ def drive(
     return total / elapsed, [lat for r in results for lat in r[2]], sum(r[3] for r in results)
 
 
+def seed(db: Path, transitions: int) -> None:
+    """A database as a server finds it after a day of traffic (the query benchmark's seed)."""
+    from analytics.schema import migrate
+    from analytics.store import connect
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from queries import SEED  # bench/queries.py
+
+    started = time.perf_counter()
+    con = connect(str(db))
+    try:
+        migrate(con)
+        con.execute(SEED.format(instances=transitions // 7))
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    print(
+        f"seeded database:             {transitions:12,} transitions, {db.stat().st_size / 2**20:,.0f} MiB "
+        f"({time.perf_counter() - started:.0f} s)"
+    )
+
+
 def peak_rss_mib(pid: int) -> float:
     text = Path(f"/proc/{pid}/status").read_text()
     found = re.search(r"VmHWM:\s+(\d+) kB", text)
@@ -260,6 +282,13 @@ def main() -> None:
     parser.add_argument(
         "--serve-args", default="", help="extra options for `coordstate serve`, e.g. '--decode-workers 0'"
     )
+    parser.add_argument(
+        "--seed-transitions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start on a database already holding N transitions (a day of orders, as bench/queries.py seeds)",
+    )
     args = parser.parse_args()
 
     payloads = [build_request(seed, args.spans_per_request) for seed in range(args.requests)]
@@ -276,6 +305,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.duckdb"
+        if args.seed_transitions:
+            seed(db, args.seed_transitions)
         coordstate = str(Path(sys.executable).with_name("coordstate"))
         server = subprocess.Popen(
             [coordstate, "serve", "--model", str(ROOT / "otel-config/models/orders.yaml"), "--db", str(db),
