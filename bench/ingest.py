@@ -1,6 +1,7 @@
 """Ingest benchmark: the real gRPC receiver, driven from separate processes, figures in one run.
 
     .venv/bin/python bench/ingest.py [--seconds 10] [--clients 10] [--spans-per-request 1000]
+                                     [--seed-transitions N]   # start on an aged database
 
 Prints, in one run on this machine:
   1. the parse-and-walk ceiling: protobuf parse + visiting every span in Python, no storage;
@@ -239,7 +240,7 @@ def drive(
     return total / elapsed, [lat for r in results for lat in r[2]], sum(r[3] for r in results)
 
 
-def seed(db: Path, transitions: int) -> None:
+def seed_database(db: Path, transitions: int) -> None:
     """A database as a server finds it after a day of traffic (the query benchmark's seed)."""
     from analytics.schema import migrate
     from analytics.store import connect
@@ -306,7 +307,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.duckdb"
         if args.seed_transitions:
-            seed(db, args.seed_transitions)
+            seed_database(db, args.seed_transitions)
         coordstate = str(Path(sys.executable).with_name("coordstate"))
         server = subprocess.Popen(
             [coordstate, "serve", "--model", str(ROOT / "otel-config/models/orders.yaml"), "--db", str(db),
