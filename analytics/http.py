@@ -21,10 +21,18 @@ class ListenError(RuntimeError):
     """A listener cannot bind its address."""
 
 
-def split_address(address: str, flag: str) -> tuple[str, int]:
+def split_address(address: str, flag: str = "") -> tuple[str, int]:
+    """HOST:PORT (IPv6 in brackets, port 0–65535, 0: any free port) → (host, port).
+
+    The one parser of listener addresses: the CLI checks its flags with it too.
+    """
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"{flag}: expected HOST:PORT, got {address!r} (e.g. 127.0.0.1:4328)")
+    bare_ipv6 = ":" in host and not (host.startswith("[") and host.endswith("]"))
+    if not sep or not port.isdigit() or int(port) > 65535 or bare_ipv6:
+        raise ValueError(
+            f"{flag + ': ' if flag else ''}expected HOST:PORT with a port from 0 to 65535 (0: any free port), "
+            f"got {address!r} (e.g. 127.0.0.1:4327, [::1]:4327)"
+        )
     return host.strip("[]") or "127.0.0.1", int(port)
 
 

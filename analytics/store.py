@@ -204,14 +204,14 @@ class Store:
             _OPEN_PATHS.add(real)
         self._real_path = real
         where = Path(self.path)
-        if where.is_dir() or not where.parent.is_dir():
+        problem = ""
+        if where.is_dir():
+            problem = f"it is a directory; pass a file, e.g. --db {where / 'coordstate.duckdb'}"
+        elif not where.parent.is_dir():
+            problem = f"the directory {where.parent} does not exist; create it, or pass another --db"
+        if problem:
             self._release_path()
-            raise StoreOpenError(
-                f"cannot open the database {self.path}: it is a directory; pass a file, e.g. --db {where / 'coordstate.duckdb'}"
-                if where.is_dir()
-                else f"cannot open the database {self.path}: the directory {where.parent} does not exist; "
-                "create it, or pass another --db"
-            )
+            raise StoreOpenError(f"cannot open the database {self.path}: {problem}")
         try:
             self._con = connect(self.path)
         except duckdb.Error as exc:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from analytics.client import DEFAULT_API_URL, ApiUnavailable, ClientError, QueryFailed, query_api, query_file
+from analytics.http import split_address
 from collector.render import render
 from collector.replay import ReplayError, replay
 from collector.service import (
@@ -37,14 +38,11 @@ MAX_SKIPPED_SHOWN = 10
 
 
 def host_port(value: str) -> str:
-    """argparse type for listener and endpoint flags: HOST:PORT, IPv6 in brackets, port 0–65535."""
-    host, sep, port = value.rpartition(":")
-    bare_ipv6 = ":" in host and not (host.startswith("[") and host.endswith("]"))
-    if not sep or not port.isdigit() or int(port) > 65535 or bare_ipv6:
-        raise argparse.ArgumentTypeError(
-            f"expected HOST:PORT with a port from 0 to 65535 (0: any free port), got {value!r} "
-            "(e.g. 127.0.0.1:4327, [::1]:4327)"
-        )
+    """argparse type for listener and endpoint flags (checked as the listeners parse them)."""
+    try:
+        split_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
     return value
 
 
