@@ -5,6 +5,8 @@
 
 Prints, in one run on this machine:
   1. the parse-and-walk ceiling: protobuf parse + visiting every span in Python, no storage;
+     and the same work in a gRPC server's handler, driven like the real one (what the machine
+     leaves for any receiver before storage costs anything);
   2. end-to-end committed spans/s through `coordstate serve` (acknowledged = committed);
   3. their ratio;
   4. p50/p99 export latency at half the measured maximum rate (exporters spread over the
@@ -32,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -152,14 +155,63 @@ def parse_and_walk(payloads: list[bytes], seconds: float) -> float:
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         for payload in payloads:
-            req = ExportTraceServiceRequest()
-            req.ParseFromString(payload)
-            for rs in req.resource_spans:
-                for ss in rs.scope_spans:
-                    for sp in ss.spans:
-                        _ = sp.name
-                        n += 1
+            n += parse_and_walk_one(payload)
     return n / (time.perf_counter() - start)
+
+
+def parse_and_walk_one(payload: bytes) -> int:
+    req = ExportTraceServiceRequest()
+    req.ParseFromString(payload)
+    n = 0
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            for sp in ss.spans:
+                _ = sp.name
+                n += 1
+    return n
+
+
+def _walk_server(port_out: mp.Queue, stop: Any) -> None:  # type: ignore[type-arg]
+    """A gRPC server whose handler does the ceiling's work (parse + walk) and stores nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def export(payload: bytes, context: object) -> bytes:
+        parse_and_walk_one(payload)
+        return b""
+
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=32),
+        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)],
+    )
+    rpc = grpc.unary_unary_rpc_method_handler(export, request_deserializer=None, response_serializer=None)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("opentelemetry.proto.collector.trace.v1.TraceService", {"Export": rpc}),)
+    )
+    port_out.put(server.add_insecure_port("127.0.0.1:0"))
+    server.start()
+    stop.wait()
+    server.stop(None).wait()
+
+
+def ceiling_over_grpc(payloads: list[bytes], spans_per: int, clients: int, seconds: float) -> float:
+    """The ceiling's own work behind a gRPC server, driven like the real one: nothing stored.
+
+    What this machine allows any receiver that parses and walks every span, with the exporters
+    on the same cores: the ratio the end-to-end figure can reach before storage costs anything.
+    """
+    ctx = mp.get_context("spawn")  # a fresh interpreter: never fork a process with gRPC threads
+    port_out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    stop = ctx.Event()
+    proc = ctx.Process(target=_walk_server, args=(port_out, stop))
+    proc.start()
+    try:
+        endpoint = f"127.0.0.1:{port_out.get(timeout=60)}"
+        drive(endpoint, payloads, spans_per, clients, 2.0, None)  # warm-up
+        rate, _, _ = drive(endpoint, payloads, spans_per, clients, seconds, None)
+    finally:
+        stop.set()
+        proc.join(timeout=30)
+    return rate
 
 
 def _client(
@@ -303,6 +355,11 @@ def main() -> None:
     )
     ceiling = parse_and_walk(payloads, min(args.seconds, 5.0))
     print(f"parse-and-walk ceiling:      {ceiling:12,.0f} spans/s")
+    behind_grpc = ceiling_over_grpc(payloads, spans_per, args.clients, args.seconds)
+    print(
+        f"the same work behind gRPC:   {behind_grpc:12,.0f} spans/s  (ratio {behind_grpc / ceiling:.2f}: "
+        f"{args.clients} exporters, nothing stored)"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.duckdb"
