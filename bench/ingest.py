@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
@@ -352,6 +353,7 @@ def main() -> None:
     )
     print(
         f"payload: {spans_per} spans/request, {len(payloads[0]) / 1024:.0f} KiB/request, {len(payloads)} distinct requests"
+        f"; DuckDB {duckdb.__version__}, {os.cpu_count()} CPUs"
     )
     ceiling = parse_and_walk(payloads, min(args.seconds, 5.0))
     print(f"parse-and-walk ceiling:      {ceiling:12,.0f} spans/s")
