@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ from collector.service import (
     resolve_model,
 )
 from collector.summary import summarize
-from collector.ui import DEFAULT_UI_PORT, app_port, start_ui, stop_ui, ui_env
+from collector.ui import DEFAULT_UI_PORT, AppPortError, app_port, start_ui, stop_ui, ui_env
 from demo.shop import SCENARIOS, DemoError, parse_scenarios, run_demo
 from processors.model import ModelError, load_model
 
@@ -67,8 +68,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return status
 
 
-def _wait_for_signal(done: Callable[[], bool] = lambda: False) -> None:
-    """Block until SIGTERM/SIGINT (or until ``done()`` says a child process has gone)."""
+def _wait_for_signal(done: Callable[[], bool] = lambda: False) -> bool:
+    """Block until SIGTERM/SIGINT (True) or until ``done()`` says a child process has gone (False)."""
     stop = threading.Event()
 
     def handler(signum: int, frame: object) -> None:
@@ -78,7 +79,8 @@ def _wait_for_signal(done: Callable[[], bool] = lambda: False) -> None:
     signal.signal(signal.SIGINT, handler)
     while not stop.wait(0.5):
         if done():
-            return
+            return False
+    return True
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
@@ -165,17 +167,27 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 def _cmd_ui(args: argparse.Namespace) -> int:
     env = ui_env(args.api, args.db, args.token, args.trace_url)
-    args.port = app_port(args.port, args.address)
+    args.port = app_port(args.port, args.address, "--port")
     proc = start_ui(args.port, env, address=args.address)
     print(
         f"coordstate app on http://{args.address}:{args.port} ({env.get('COORDSTATE_API') or env.get('COORDSTATE_DB')})",
         flush=True,
     )
     try:
-        _wait_for_signal(lambda: proc.poll() is not None)
+        signalled = _wait_for_signal(lambda: proc.poll() is not None)
+        if not signalled:
+            _app_stopped(proc)
     finally:
         stop_ui(proc)
-    return EXIT_OK
+    return EXIT_OK if signalled else EXIT_FAILURE
+
+
+def _app_stopped(proc: subprocess.Popen[bytes]) -> None:
+    print(
+        f"coordstate: the app stopped by itself (exit status {proc.returncode}); its messages are above",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -199,6 +211,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     config = serve_config(args)
     scenarios = parse_scenarios(args.scenario) if args.demo else {}
+    args.ui_port = app_port(args.ui_port, args.ui_address)  # before anything starts
     service = Service(config)
     service.start()
     stop = threading.Event()
@@ -207,7 +220,6 @@ def _cmd_up(args: argparse.Namespace) -> int:
     try:
         for warning in service.warnings:
             print(f"coordstate: warning: {warning}", file=sys.stderr, flush=True)
-        args.ui_port = app_port(args.ui_port, args.ui_address)
         ui = start_ui(
             args.ui_port, ui_env(service.api_url, None, config.token, args.trace_url), address=args.ui_address
         )
@@ -228,7 +240,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
             + "Press Ctrl-C to stop everything.",
             flush=True,
         )
-        _wait_for_signal(lambda: ui is not None and ui.poll() is not None)
+        signalled = _wait_for_signal(lambda: ui is not None and ui.poll() is not None)
+        if not signalled:
+            _app_stopped(ui)
     finally:
         print("coordstate: stopping…", flush=True)
         stop.set()
@@ -238,7 +252,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             stop_ui(ui)
         service.stop()
         print("coordstate: stopped; the database is consistent.", flush=True)
-    return EXIT_OK
+    return EXIT_OK if signalled else EXIT_FAILURE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,6 +398,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except DemoError as exc:
         print(f"coordstate: {exc}", file=sys.stderr)
         code = EXIT_USAGE
+    except AppPortError as exc:
+        print(f"coordstate: {exc}", file=sys.stderr)
+        code = EXIT_FAILURE
     except ReplayError as exc:
         print(f"coordstate: {exc}", file=sys.stderr)
         code = EXIT_FAILURE

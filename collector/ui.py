@@ -1,7 +1,10 @@
 """Starting the Streamlit app as a child process (``coordstate ui`` and ``coordstate up``).
 
 The app is a separate process that reads only through the query API (or a read-only file);
-this module just builds its command line and environment.
+this module builds its command line and environment, and is the app process's entry point
+(``python -m collector.ui``): Streamlit's own command line, plus a watch that stops the app
+when the process that started it is gone — killed outright, it cannot stop the app itself, and
+an orphaned app would keep its port and show a server that no longer exists.
 """
 
 from __future__ import annotations
@@ -11,10 +14,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from importlib.util import find_spec
 from pathlib import Path
 
 DEFAULT_UI_PORT = 8501
+PARENT_POLL_S = 0.5
+
+
+class AppPortError(RuntimeError):
+    """The app's port cannot be bound (checked before anything starts)."""
 
 
 def app_main() -> Path:
@@ -39,19 +49,25 @@ def ui_env(api: str | None, db: str | None, token: str | None, trace_url: str | 
     return env
 
 
-def app_port(port: int, address: str) -> int:
-    """``port``, or for 0 a port free on ``address`` now (Streamlit cannot report the one it binds)."""
-    if port:
-        return port
+def app_port(port: int, address: str, flag: str = "--ui-port") -> int:
+    """``port`` if the app can listen there now, or for 0 a free one (Streamlit cannot report the
+    one it binds). Raises :class:`AppPortError` naming the address and ``flag``."""
     with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
-        s.bind((address, 0))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the app's server binds
+        try:
+            s.bind((address, port))
+        except OSError as exc:
+            raise AppPortError(
+                f"the app cannot listen on {address}:{port}: {exc.strerror or exc}. "
+                f"Stop the process using it (another coordstate app?) or choose another {flag} PORT"
+            ) from exc
         return int(s.getsockname()[1])
 
 
 def start_ui(port: int, env: dict[str, str], *, address: str = "127.0.0.1") -> subprocess.Popen[bytes]:
     """Start the app on ``port`` (not 0: see :func:`app_port`)."""
     command = [
-        sys.executable, "-m", "streamlit", "run", str(app_main()),
+        sys.executable, "-m", "collector.ui", "run", str(app_main()),
         "--server.port", str(port),
         "--server.address", address,
         "--server.headless", "true",
@@ -73,3 +89,22 @@ def stop_ui(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _stop_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)  # nothing to wait on: the kernel only re-parents us
+    os.kill(os.getpid(), signal.SIGTERM)  # Streamlit stops as it does on SIGTERM from its parent
+
+
+def _app_process(argv: list[str]) -> None:
+    """The app process: Streamlit's command line (``streamlit run …``), watched by its parent."""
+    from streamlit.web import cli
+
+    threading.Thread(target=_stop_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
+    sys.argv = ["streamlit", *argv]
+    cli.main(prog_name="streamlit")
+
+
+if __name__ == "__main__":
+    _app_process(sys.argv[1:])
