@@ -29,7 +29,7 @@ from collector.service import (
 )
 from collector.summary import summarize
 from collector.ui import DEFAULT_UI_PORT, AppPortError, app_port, start_ui, stop_ui, ui_env
-from demo.shop import SCENARIOS, DemoError, parse_scenarios, run_demo
+from demo.shop import SCENARIOS, DemoError, DemoUnreachable, parse_scenarios, run_demo
 from processors.model import ModelError, load_model
 
 EXIT_OK = 0
@@ -395,6 +395,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ClientError as exc:
         print(f"coordstate: {exc}", file=sys.stderr)
         code = EXIT_USAGE if isinstance(exc, QueryFailed) and exc.status in (400, 403) else EXIT_FAILURE
+    except DemoUnreachable as exc:
+        print(f"coordstate: {exc}", file=sys.stderr)
+        code = EXIT_FAILURE
     except DemoError as exc:
         print(f"coordstate: {exc}", file=sys.stderr)
         code = EXIT_USAGE

@@ -34,6 +34,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import grpc
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
@@ -58,6 +59,14 @@ def trace_context(span: trace.Span) -> Context:
 
 class DemoError(ValueError):
     """Bad demo settings (unknown scenario, rates above 1, …)."""
+
+
+class DemoUnreachable(DemoError):
+    """Nothing answers OTLP/gRPC at the endpoint: the spans would go nowhere."""
+
+
+#: how long the demo waits for its endpoint to accept a connection before it gives up
+CONNECT_TIMEOUT_S = 5.0
 
 
 def parse_scenarios(items: list[str]) -> dict[str, float]:
@@ -257,6 +266,20 @@ class _Order:
         self.root.end(end_time=self.at(1000))
 
 
+def _check_reachable(endpoint: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail at once, saying where, instead of placing orders whose spans every export loses."""
+    channel = grpc.insecure_channel(endpoint)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout_s)
+    except grpc.FutureTimeoutError:
+        raise DemoUnreachable(
+            f"nothing answers OTLP/gRPC at {endpoint} (waited {timeout_s:g} s): start `coordstate serve` "
+            "(or `coordstate up`) there, or pass --endpoint HOST:PORT"
+        ) from None
+    finally:
+        channel.close()
+
+
 def run_demo(
     endpoint: str,
     *,
@@ -270,6 +293,7 @@ def run_demo(
     """Run the shop against an OTLP/gRPC endpoint until ``duration_s`` or ``stop``; flush; return counts."""
     if rate <= 0:
         raise DemoError("--rate must be above 0 (orders per second)")
+    _check_reachable(endpoint)
     services = Services(otlp_grpc(endpoint))
     try:
         shop = Shop(services, rate=rate, scenarios=scenarios, time_scale=time_scale, seed=seed)

@@ -3,6 +3,8 @@ with evidence that points at real spans. Time is compressed 10× (model and demo
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -13,6 +15,7 @@ import yaml
 from collector.service import ServeConfig, Service
 from demo.shop import SCENARIOS, DemoError, parse_scenarios, run_demo
 from tests.helpers import ORDERS_MODEL
+from tests.procs import COORDSTATE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -117,3 +120,17 @@ def test_scenario_options_are_checked() -> None:
         parse_scenarios(["declined=2"])
     with pytest.raises(DemoError, match=r"rates add up to 1\.42; they must add up to at most 1"):
         parse_scenarios(["declined=0.9", "slow=0.3"])
+
+
+def test_demo_against_nothing_says_so_instead_of_placing_orders() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run(
+        [COORDSTATE, "demo", "--endpoint", f"127.0.0.1:{port}", "--duration", "1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert f"nothing answers OTLP/gRPC at 127.0.0.1:{port} (waited 5 s)" in done.stderr
+    assert "pass --endpoint HOST:PORT" in done.stderr
+    assert "orders placed" not in done.stdout
