@@ -71,6 +71,7 @@ class _Held:
 RPC_CODE = {
     400: code_pb2.INVALID_ARGUMENT,
     401: code_pb2.UNAUTHENTICATED,
+    404: code_pb2.NOT_FOUND,
     413: code_pb2.INVALID_ARGUMENT,  # the sender must split its batch: permanent, like a 400
     415: code_pb2.INVALID_ARGUMENT,
     429: code_pb2.RESOURCE_EXHAUSTED,
@@ -191,9 +192,23 @@ def build_app(intake: Intake, *, token: str | None = None, max_body_bytes: int =
     async def not_allowed(request: Request) -> Response:
         return Response("use POST /v1/traces", status_code=405, headers={"Allow": "POST"})
 
+    async def other_signal(request: Request) -> Response:
+        # a Collector's otlphttp exporter placed in a metrics or logs pipeline: say so (404 is
+        # not retried, as it should not be) instead of a bare "Not Found"
+        signal = request.url.path.rsplit("/", 1)[-1]
+        content_type = JSON if request.headers.get("content-type", "").startswith(JSON) else PROTOBUF
+        return _error(
+            404,
+            f"coordstate receives traces only (POST /v1/traces), not {signal}: take this exporter out "
+            f"of your {signal} pipeline",
+            content_type,
+        )
+
     return Starlette(
         routes=[
             Route("/v1/traces", export, methods=["POST"]),
             Route("/v1/traces", not_allowed, methods=["GET", "PUT", "DELETE"]),
+            Route("/v1/metrics", other_signal, methods=["POST"]),
+            Route("/v1/logs", other_signal, methods=["POST"]),
         ]
     )

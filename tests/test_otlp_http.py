@@ -191,3 +191,15 @@ def test_get_is_405(service: Service) -> None:
     response = httpx.get(url(service))
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize("signal", ["metrics", "logs"])
+def test_other_signals_are_404_with_a_reason(service: Service, signal: str) -> None:
+    base = url(service).removesuffix("/v1/traces")
+    response = httpx.post(f"{base}/v1/{signal}", content=b"{}", headers={"content-type": "application/json"})
+    assert response.status_code == 404
+    assert response.json() == {
+        "code": code_pb2.NOT_FOUND,
+        "message": f"coordstate receives traces only (POST /v1/traces), not {signal}: "
+        f"take this exporter out of your {signal} pipeline",
+    }
