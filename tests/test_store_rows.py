@@ -122,10 +122,17 @@ def test_the_database_keeps_small_row_groups_and_its_own_name(tmp_path: Path, na
         groups = con.execute(
             "SELECT row_group_id, max(count) FROM pragma_storage_info('transitions') GROUP BY 1 ORDER BY 1"
         ).fetchall()
+        compressions = {
+            row[0]
+            for row in con.execute("SELECT DISTINCT compression FROM pragma_storage_info('transitions')").fetchall()
+        }
     finally:
         con.close()
     assert len(groups) >= 2
     assert all(rows_in_group <= ROW_GROUP_SIZE for _, rows_in_group in groups)
+    # checkpoints never spend their time trying FSST on hex ids (DISABLED_COMPRESSION)
+    assert "FSST" not in {c.upper() for c in compressions}
+    assert "DICTIONARY" in {c.upper() for c in compressions}  # the cheap one stays
 
 
 def test_a_buffered_span_is_stored_as_the_same_json_and_read_back_equal() -> None:
