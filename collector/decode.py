@@ -124,9 +124,20 @@ def _service(resource: Any) -> str:
 
 _ZERO8 = bytes(8)
 _ZERO16 = bytes(16)
+#: what an OTLP/JSON id that is not hex becomes: a length no id has (the span is rejected) and a
+#: value :func:`_problem` recognises, to say what was wrong rather than "got 7 bytes"
+NOT_HEX = b"not hex"
+_HEX_HINT = "OTLP/JSON writes ids as hex strings (32 characters for a trace id, 16 for a span id), not base64"
 
 
 def _problem(sp: Any) -> tuple[str, str] | None:
+    for id_field, reason in (
+        ("trace_id", "invalid_trace_id"),
+        ("span_id", "invalid_span_id"),
+        ("parent_span_id", "invalid_parent_span_id"),
+    ):
+        if getattr(sp, id_field) == NOT_HEX:
+            return reason, f"span {sp.name!r}: {id_field} is not hex; {_HEX_HINT}"
     trace_id = sp.trace_id
     if len(trace_id) != 16 or trace_id == _ZERO16:
         return (
@@ -302,9 +313,8 @@ def _hex_ids_to_base64(obj: dict[str, Any]) -> None:
         if isinstance(value, str) and value:
             try:
                 obj[name] = base64.b64encode(bytes.fromhex(value)).decode()
-            except ValueError:
-                # Not hex: leave an id of the wrong length so that this span alone is rejected.
-                obj[name] = base64.b64encode(b"\x00").decode()
+            except ValueError:  # this span alone is rejected, saying why (see _problem)
+                obj[name] = base64.b64encode(NOT_HEX).decode()
 
 
 def parse_json(payload: bytes | str) -> WireRequest:

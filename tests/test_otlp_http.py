@@ -85,7 +85,10 @@ def test_partial_success_in_json(service: Service) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["partialSuccess"]["rejectedSpans"] == "1"
-    assert "span_id must be 8 non-zero bytes (got 1)" in body["partialSuccess"]["errorMessage"]
+    assert body["partialSuccess"]["errorMessage"] == (
+        "rejected 1 of 4 spans: span 'Charge': span_id is not hex; OTLP/JSON writes ids as hex strings "
+        "(32 characters for a trace id, 16 for a span id), not base64"
+    )
 
 
 @pytest.mark.parametrize(
