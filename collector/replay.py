@@ -121,7 +121,19 @@ def requests_in(path: Path) -> Iterator[WireRequest | Skipped]:
     yield single
 
 
+def _check_readable(files: list[Path]) -> None:
+    """Every file can be opened, before the database is touched (no half-done replay for a typo)."""
+    for path in files:
+        if path.is_dir():
+            raise ReplayError(f"{path}: is a directory; pass the files in it (e.g. {path}/*.json)")
+        try:
+            path.open("rb").close()
+        except OSError as exc:
+            raise ReplayError(f"{path}: cannot read the file: {exc.strerror}") from exc
+
+
 def replay(files: list[Path], model: CompiledModel, db: Path, *, progress: bool = True) -> ReplaySummary:
+    _check_readable(files)
     clock = WatermarkClock()
     telemetry = Telemetry()
     store = Store(db, model, clock, telemetry, tick_interval_s=None)
@@ -130,7 +142,7 @@ def replay(files: list[Path], model: CompiledModel, db: Path, *, progress: bool 
     skipped: list[Skipped] = []
     try:
         bar = tqdm(
-            total=sum(f.stat().st_size for f in files if f.exists()),
+            total=sum(f.stat().st_size for f in files),
             unit="B",
             unit_scale=True,
             desc="replay",

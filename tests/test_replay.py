@@ -109,3 +109,15 @@ def test_a_file_that_is_not_otlp_fails_and_says_so(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{junk}: neither OTLP/JSON lines nor OTLP protobuf" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_missing_file_fails_before_anything_is_replayed(tmp_path: Path, files: dict[str, Path]) -> None:
+    missing = tmp_path / "traces-2.jsonl"
+    db = tmp_path / "x.duckdb"
+    result = replay(db, files["jsonl"], missing)
+    assert result.returncode == 1
+    assert f"coordstate: {missing}: cannot read the file: No such file or directory" in result.stderr
+    assert not db.exists()  # the first file was not replayed alone: fix the list and run again
+    result = replay(db, tmp_path)
+    assert result.returncode == 1
+    assert f"{tmp_path}: is a directory; pass the files in it" in result.stderr
