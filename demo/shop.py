@@ -267,7 +267,7 @@ class _Order:
 
 
 def _check_reachable(endpoint: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """Fail at once, saying where, instead of placing orders whose spans every export loses."""
+    """Fail within seconds, saying where, instead of placing orders whose every export is lost."""
     channel = grpc.insecure_channel(endpoint)
     try:
         grpc.channel_ready_future(channel).result(timeout=timeout_s)
