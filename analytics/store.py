@@ -60,7 +60,7 @@ ROW_GROUP_SIZE = 8_192
 #: for FSST, the costliest candidate, and our strings are mostly random hex ids (trace, span and
 #: instance ids) that FSST barely shrinks. Without it a checkpoint of 7,000 appended transitions
 #: takes 10.8 ms instead of 19.5 (file +28% for that table), and bench/ingest.py's p99 at half
-#: load went from 157-265 ms (five runs) to 138-180 ms (four), 260 -> 200 ms on a 10M-transition
+#: load went from 157-265 ms (five runs) to 98-180 ms (six), 260 -> 189-200 ms on a 10M-transition
 #: database, same throughput; the database after the run is 5-10% larger.
 DISABLED_COMPRESSION = "fsst"
 #: a finished instance quiet this long leaves memory (reloaded if a late span arrives)
