@@ -43,12 +43,14 @@ def auto_workers() -> int:
     return 0 if cpus < 2 else min(MAX_AUTO_WORKERS, cpus)
 
 
-def _init_worker(model_text: str, model_source: str) -> None:
+def _init_worker(model_text: str, model_source: str, server: int) -> None:
+    """``server``: the pid of the process that started the pool, taken there — not our parent as
+    we find it, which is already init if the server was killed while we were starting up (a pool
+    may start a worker late), and a worker waiting for init to die would wait for ever."""
     global _MODEL
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle, not ours
+    threading.Thread(target=_exit_with_parent, args=(server,), name="parent-watch", daemon=True).start()
     _MODEL = CompiledModel(parse_model(model_text, model_source))
-    parent = os.getppid()
-    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -88,7 +90,7 @@ class Decoders:
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),  # never fork a process with gRPC threads
             initializer=_init_worker,
-            initargs=self._init_args,
+            initargs=(*self._init_args, os.getpid()),
         )
 
     def decode(self, payload: bytes, parse: Parse) -> Decoded:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,3 +76,24 @@ def test_a_decoder_that_dies_costs_a_retry_not_a_span(pooled: Service, db_path: 
 def test_negative_decode_workers_is_refused_with_the_fix(db_path: Path) -> None:
     with pytest.raises(StartError, match=r"--decode-workers -1: give 0 or more processes"):
         Service(ServeConfig(model=str(ORDERS_MODEL), db=str(db_path), decode_workers=-1))
+
+
+def test_a_decoder_started_after_its_server_died_leaves_at_once(tmp_path: Path) -> None:
+    """A pool may start a worker late; if the server was killed meanwhile, the worker's parent is
+    already init. It must leave, not wait for init to die while holding the server's stdout."""
+    with subprocess.Popen([sys.executable, "-c", "pass"]) as gone:  # a pid that is no longer anyone
+        gone.wait()
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from collector.decoders import _init_worker\n"
+         f"_init_worker(open(sys.argv[1]).read(), sys.argv[1], {gone.pid})\n"
+         "time.sleep(60)\n"
+         "print('still here')",
+         str(ORDERS_MODEL)],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "still here" not in done.stdout
+    assert time.monotonic() - started < 30  # left within its poll interval, not after the sleep
