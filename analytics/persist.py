@@ -136,18 +136,19 @@ def delete_history(con: Any, instances: list[InstanceId], cutoff: str) -> None:
 
 def load_instance(con: Any, model: CompiledModel, instance: InstanceId) -> list[Transition]:
     """One instance's transitions (an evicted instance coming back)."""
-    return _transitions(con, model, "t.workflow = ? AND t.instance_key = ?", list(instance))
+    return _transitions(con, model, "WHERE t.workflow = ? AND t.instance_key = ?", list(instance))
 
 
-def _transitions(con: Any, model: CompiledModel, where: str, params: list[str]) -> list[Transition]:
+def _transitions(con: Any, model: CompiledModel, tail: str, params: list[str]) -> list[Transition]:
     """Stored transitions of the steps the model has: history of a step since removed from the
-    model stays in the table, but the fold has no place for it."""
+    model stays in the table, but the fold has no place for it. ``tail`` follows
+    ``FROM transitions t`` (a WHERE or a join)."""
     known = {name: {s.name for s in wf.steps} for name, wf in model.workflows.items()}
     return [
         Transition(r[0], r[1], r[2], StepState(r[3]), r[4], r[5], r[6], r[7], r[8])
         for r in con.execute(
-            "SELECT workflow, instance_key, step, state, epoch_ns(event_time), trace_id, span_id, service, source "
-            f"FROM transitions t WHERE {where}",
+            "SELECT t.workflow, t.instance_key, step, state, epoch_ns(event_time), trace_id, span_id, service, source "
+            f"FROM transitions t {tail}",
             params,
         ).fetchall()
         if r[2] in known.get(r[0], ())
@@ -173,11 +174,14 @@ def load(con: Any, model: CompiledModel, quiet_before: str) -> Restored:
             f"SELECT workflow, instance_key FROM instances WHERE {_QUIET}", [quiet_before]
         ).fetchall()
     ]
+    # an anti join against the quiet instances, not NOT EXISTS: DuckDB decorrelates that into a
+    # join that first materialises every selected column of the whole table (10M transitions:
+    # 2.8 GB at the peak instead of 0.96 GB, 3.5 s instead of 2.3 s; same rows)
     transitions = _transitions(
         con,
         model,
-        "NOT EXISTS (SELECT 1 FROM instances i WHERE i.workflow = t.workflow AND i.instance_key = t.instance_key "
-        f"AND {_QUIET})",
+        f"ANTI JOIN (SELECT workflow, instance_key FROM instances WHERE {_QUIET}) q "
+        "ON q.workflow = t.workflow AND q.instance_key = t.instance_key",
         [quiet_before],
     )
     keys = [

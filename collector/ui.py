@@ -67,7 +67,9 @@ def app_port(port: int, address: str, flag: str = "--ui-port") -> int:
 def start_ui(port: int, env: dict[str, str], *, address: str = "127.0.0.1") -> subprocess.Popen[bytes]:
     """Start the app on ``port`` (not 0: see :func:`app_port`)."""
     command = [
-        sys.executable, "-m", "collector.ui", "run", str(app_main()),
+        # -P: the working directory is not put on sys.path, so a package of the user's that is
+        # also called `collector` (or `streamlit`) cannot stand in for ours
+        sys.executable, "-P", "-m", "collector.ui", "run", str(app_main()),
         "--server.port", str(port),
         "--server.address", address,
         "--server.headless", "true",

@@ -95,6 +95,9 @@ def _app_child(parent: int) -> int:
 
 
 def _start_ui(tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
+    # run from a directory holding a package of the user's own that is also called `collector`
+    (tmp_path / "collector").mkdir()
+    (tmp_path / "collector" / "__init__.py").write_text("raise ImportError('the user’s collector package')\n")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
