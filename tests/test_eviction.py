@@ -111,3 +111,31 @@ def test_a_step_no_longer_in_the_model_is_skipped_when_an_instance_comes_back(tm
         assert query_live(store, "SELECT status FROM instances WHERE instance_key = 'o-0'") == [("diverged",)]
     finally:
         store.close()
+
+
+def test_after_a_restart_due_instances_are_refolded_in_chunks(tmp_path: Path) -> None:
+    """Instances whose deadline passed while the server was down are all due at start-up; a
+    periodic tick re-folds DUE_CHUNK of them (commits go on between), an explicit tick all."""
+    db = tmp_path / "d.duckdb"
+    clock = ManualClock(T0 + 2 * SECOND)
+    store = open_store(db, clock)
+    try:
+        for i in range(5):
+            store.submit([span(200 + i, "checkout", "PlaceOrder", 0, 1, attrs={"app.order.id": f"o-{i}"})]).result(
+                timeout=30
+            )
+    finally:
+        store.close()
+    clock.set(T0 + 2 * SECOND + EVICT_AFTER_NS)  # down for ten minutes: every deadline passed
+    store = open_store(db, clock)
+    stalled = "SELECT count(*) FROM instances WHERE status = 'stalled'"
+    try:
+        assert query_live(store, stalled) == [(0,)]
+        store.tick_now(limit=2)
+        assert query_live(store, stalled) == [(2,)]
+        store.tick_now(limit=2)
+        assert query_live(store, stalled) == [(4,)]
+        store.tick_now()
+        assert query_live(store, stalled) == [(5,)]
+    finally:
+        store.close()
