@@ -130,9 +130,12 @@ def test_the_database_keeps_small_row_groups_and_its_own_name(tmp_path: Path, na
         con.close()
     assert len(groups) >= 2
     assert all(rows_in_group <= ROW_GROUP_SIZE for _, rows_in_group in groups)
-    # checkpoints never spend their time trying FSST on hex ids (DISABLED_COMPRESSION)
-    assert "FSST" not in {c.upper() for c in compressions}
-    assert "DICTIONARY" in {c.upper() for c in compressions}  # the cheap one stays
+    # checkpoints never spend their time trying FSST on hex ids (DISABLED_COMPRESSION); a
+    # dictionary scheme stays (DuckDB 1.5: DICTIONARY; 2.x: DICT_FSST, which that setting does
+    # not name, and whose checkpoints were measured cheap enough)
+    names = {c.upper() for c in compressions}
+    assert "FSST" not in names
+    assert names & {"DICTIONARY", "DICT_FSST"}
 
 
 def test_a_buffered_span_is_stored_as_the_same_json_and_read_back_equal() -> None:
