@@ -21,6 +21,11 @@ class ListenError(RuntimeError):
     """A listener cannot bind its address."""
 
 
+def is_port(text: str) -> bool:
+    """0–65535 (0: any free port)."""
+    return text.isdigit() and int(text) <= 65535
+
+
 def split_address(address: str, flag: str = "") -> tuple[str, int]:
     """HOST:PORT (IPv6 in brackets, port 0–65535, 0: any free port) → (host, port).
 
@@ -28,7 +33,7 @@ def split_address(address: str, flag: str = "") -> tuple[str, int]:
     """
     host, sep, port = address.rpartition(":")
     bare_ipv6 = ":" in host and not (host.startswith("[") and host.endswith("]"))
-    if not sep or not port.isdigit() or int(port) > 65535 or bare_ipv6:
+    if not sep or not is_port(port) or bare_ipv6:
         raise ValueError(
             f"{flag + ': ' if flag else ''}expected HOST:PORT with a port from 0 to 65535 (0: any free port), "
             f"got {address!r} (e.g. 127.0.0.1:4327, [::1]:4327)"

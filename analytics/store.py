@@ -328,15 +328,13 @@ class Store:
             except queue.Empty:
                 item = None
             batch: list[_Request] = []
-            ticks: list[Future[CommitReceipt]] = []
-            limits: list[int | None] = []
+            ticks: list[tuple[Future[CommitReceipt], int | None]] = []  # explicit: (done, limit)
             spans = 0
             while item is not None:
                 if item is _STOP:
                     stopping = True
                 elif isinstance(item, tuple):
-                    ticks.append(item[1])
-                    limits.append(item[2])
+                    ticks.append((item[1], item[2]))
                 elif isinstance(item, _Request):
                     batch.append(item)
                     spans += len(item.records)
@@ -349,10 +347,12 @@ class Store:
             try:
                 if batch:
                     self._commit(batch)
-                if ticks or (interval is not None and time.monotonic() - last_tick >= interval):
-                    given = [n for n in limits if n is not None]
-                    asked = min(given) if given and len(given) == len(limits) else None
-                    self._tick(asked if ticks else DUE_CHUNK)
+                if ticks:  # asked for (tick_now): each with its own limit
+                    for _, limit in ticks:
+                        self._tick(limit)
+                    last_tick = time.monotonic()
+                elif interval is not None and time.monotonic() - last_tick >= interval:
+                    self._tick(DUE_CHUNK)
                     last_tick = time.monotonic()
             except Exception:  # last resort: the writer thread outlives any bug
                 log.exception("the writer hit an unexpected error; rebuilding state from the database")
@@ -360,7 +360,7 @@ class Store:
             for req in batch:
                 if not req.future.done():
                     req.future.set_exception(StoreUnavailable("the batch was not committed; retry"))
-            for t in ticks:
+            for t, _ in ticks:
                 if not t.done():
                     t.set_result(CommitReceipt(0, 0))
             self.telemetry.set("queue_depth", self._queue.qsize())

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from analytics.client import DEFAULT_API_URL, ApiUnavailable, ClientError, QueryFailed, query_api, query_file
-from analytics.http import split_address
+from analytics.http import is_port, split_address
 from collector.render import render
 from collector.replay import ReplayError, replay
 from collector.service import (
@@ -49,7 +49,7 @@ def host_port(value: str) -> str:
 
 def port_number(value: str) -> int:
     """argparse type for a port: 0–65535 (0: any free port)."""
-    if not value.isdigit() or int(value) > 65535:
+    if not is_port(value):
         raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535 (0: any free port), got {value!r}")
     return int(value)
 
