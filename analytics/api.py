@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from analytics.queries import STATUSES
 from analytics.sandbox import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S, QueryError, run_query
 from analytics.telemetry import Telemetry, TelemetrySnapshot
 
@@ -148,7 +149,7 @@ def prometheus(snap: TelemetrySnapshot, instances_by_status: dict[str, int]) -> 
         [(f'{{kind="{k.split(":", 1)[1]}"}}', v) for k, v in sorted(g.items()) if k.startswith("open_anomalies:")],
     )
     metric("instances", "gauge", "Workflow instances by status.",
-           [(f'{{status="{s}"}}', instances_by_status.get(s, 0)) for s in ("running", "converged", "compensated", "diverged", "stalled")])  # fmt: skip
+           [(f'{{status="{s}"}}', instances_by_status.get(s, 0)) for s in STATUSES])  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

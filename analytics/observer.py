@@ -23,6 +23,7 @@ from analytics.telemetry import Telemetry
 from processors.fold import InstanceState
 from processors.matching import CompiledModel
 from processors.state import InstanceId
+from processors.types import AnomalyKind
 
 EVIDENCE = pa.list_(pa.struct([("trace_id", pa.string()), ("span_id", pa.string()), ("what", pa.string())]))
 
@@ -111,14 +112,7 @@ class Observer:
 
     def _publish(self) -> None:
         counts = self.open_counts()
-        for kind in (
-            "missing_step",
-            "out_of_order",
-            "duplicate_action",
-            "conflicting_state",
-            "uncompensated_failure",
-            "stalled",
-        ):
+        for kind in AnomalyKind:
             self.telemetry.set(f"open_anomalies:{kind}", counts.get(kind, 0))
 
     @staticmethod

@@ -14,7 +14,7 @@ from processors.correlate import LearnedKey, PendingSpan, StepResult
 from processors.fold import InstanceState
 from processors.matching import CompiledModel
 from processors.state import InstanceId
-from processors.types import StepState, Transition
+from processors.types import TERMINAL_STATUSES, StepState, Transition
 
 RESTORE_TRACE_KEYS = 200_000
 #: (table, event-time column that lets DuckDB skip recent row groups) for retention deletes
@@ -109,7 +109,7 @@ def write(con: Any, t: Tables) -> None:
 
 
 #: a finished instance last updated before the parameter (retention, eviction at start-up)
-_QUIET = "status IN ('converged', 'compensated', 'diverged') AND updated_at < ?::TIMESTAMP"
+_QUIET = f"status IN ({', '.join(repr(s.value) for s in sorted(TERMINAL_STATUSES))}) AND updated_at < ?::TIMESTAMP"
 
 
 def expired_instances(con: Any, cutoff: str, limit: int) -> list[InstanceId]:

@@ -9,7 +9,23 @@ from __future__ import annotations
 
 from datetime import datetime
 
-STATUSES = ("running", "converged", "compensated", "diverged", "stalled")
+from processors.types import COHERENT_STATUSES, AnomalyKind, InstanceStatus
+
+#: every status and anomaly kind, in the core's order (the app's filters and colour scales use these)
+STATUSES: tuple[str, ...] = tuple(s.value for s in InstanceStatus)
+KINDS: tuple[str, ...] = tuple(k.value for k in AnomalyKind)
+#: the coherent ends, which the convergence rate counts
+COHERENT: tuple[str, ...] = tuple(s.value for s in InstanceStatus if s in COHERENT_STATUSES)
+#: the charts' colour of each status: greens for the coherent ends, amber to red for trouble
+STATUS_COLORS: dict[str, str] = {
+    InstanceStatus.CONVERGED: "#2e7d32",
+    InstanceStatus.FAILED: "#9e9e9e",
+    InstanceStatus.COMPENSATED: "#81c784",
+    InstanceStatus.RUNNING: "#64b5f6",
+    InstanceStatus.DEGRADED: "#fb8c00",
+    InstanceStatus.STALLED: "#ffb300",
+    InstanceStatus.DIVERGED: "#e53935",
+}
 
 
 def literal(value: str | int | float | datetime | None) -> str:
@@ -25,15 +41,19 @@ def literal(value: str | int | float | datetime | None) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-OVERVIEW_STATUS = """
+def status_counts(column: str = "status") -> str:
+    """``count(*) FILTER (...) AS <status>`` for every status, then the convergence rate (the share
+    of coherent ends: converged, failed cleanly, compensated)."""
+    counts = [f"count(*) FILTER (WHERE {column} = '{s}') AS {s}" for s in STATUSES]
+    coherent = ", ".join(f"'{s}'" for s in COHERENT)
+    rate = f"round(count(*) FILTER (WHERE {column} IN ({coherent})) / count(*), 4) AS convergence_rate"
+    return ",\n       ".join([*counts, rate])
+
+
+OVERVIEW_STATUS = f"""
 SELECT workflow,
        count(*) AS instances,
-       count(*) FILTER (WHERE status = 'running') AS running,
-       count(*) FILTER (WHERE status = 'converged') AS converged,
-       count(*) FILTER (WHERE status = 'compensated') AS compensated,
-       count(*) FILTER (WHERE status = 'diverged') AS diverged,
-       count(*) FILTER (WHERE status = 'stalled') AS stalled,
-       round(count(*) FILTER (WHERE status IN ('converged', 'compensated')) / count(*), 4) AS convergence_rate
+       {status_counts()}
 FROM instances
 GROUP BY workflow
 ORDER BY workflow

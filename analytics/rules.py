@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from processors.fold import Evidence, InstanceState
 from processors.model import WorkflowSpec, format_duration
-from processors.types import AnomalyKind, InstanceStatus, StepState
+from processors.types import COHERENT_STATUSES, AnomalyKind, InstanceStatus, StepState
 
 
 class Severity(enum.StrEnum):
@@ -31,6 +31,7 @@ SEVERITY: Mapping[AnomalyKind, Severity] = {
     AnomalyKind.DUPLICATE_ACTION: Severity.CRITICAL,
     AnomalyKind.CONFLICTING_STATE: Severity.CRITICAL,
     AnomalyKind.UNCOMPENSATED_FAILURE: Severity.CRITICAL,
+    AnomalyKind.FAILED_STEP: Severity.WARNING,
 }
 
 
@@ -98,6 +99,7 @@ def findings(wf: WorkflowSpec, state: InstanceState, now_ns: int) -> list[Findin
     out += _duplicates(wf, state)
     out += _conflicts(wf, state)
     out += _uncompensated(wf, state, now_ns)
+    out += _failed_steps(wf, state)
     out += _stalled(wf, state)
     return out
 
@@ -162,7 +164,7 @@ def _out_of_order(wf: WorkflowSpec, state: InstanceState, now: int) -> list[Find
     """
     out = []
     seen: set[str] = set()
-    coherent = state.status in (InstanceStatus.CONVERGED, InstanceStatus.COMPENSATED)
+    coherent = state.status in COHERENT_STATUSES
     for v in state.violations:
         if v.step in seen or (v.requirement_ns is None and now - v.at.time_ns < wf.grace):
             continue
@@ -230,7 +232,7 @@ def _conflicts(wf: WorkflowSpec, state: InstanceState) -> list[Finding]:
 
 def _uncompensated(wf: WorkflowSpec, state: InstanceState, now: int) -> list[Finding]:
     failed = [(n, v) for n, v in state.steps.items() if v.state is StepState.FAILED]
-    if not failed or state.first_failure_ns is None:
+    if not failed or state.first_failure_ns is None or state.status is InstanceStatus.DEGRADED:
         return []
     since = state.first_failure_ns + wf.grace
     if now < since:
@@ -254,6 +256,32 @@ def _uncompensated(wf: WorkflowSpec, state: InstanceState, now: int) -> list[Fin
                 detail,
                 f"run {step.compensated_by} for {step.name} of {state.key}: {detail}",
                 _ref(done, f"{step.name} completed") + _ref(fview.failures[-1] if fview.failures else None, f"{fname} failed"),
+            )
+        )  # fmt: skip
+    return out
+
+
+def _failed_steps(wf: WorkflowSpec, state: InstanceState) -> list[Finding]:
+    """The process went past a failed step (``degraded``): the step needs a retry, not an undo.
+
+    Open until the step completes (a retry that succeeds makes the instance ``converged``).
+    """
+    if state.status is not InstanceStatus.DEGRADED:
+        return []
+    out = []
+    for name, view in state.steps.items():
+        if view.state is not StepState.FAILED:
+            continue
+        failure = view.failures[-1] if view.failures else None
+        since = failure.time_ns if failure is not None else (view.since_ns or state.started_at_ns)
+        detail = f"{name} failed at {clock(since)} and {wf.name} went on without it"
+        out.append(
+            _make(
+                wf, state, AnomalyKind.FAILED_STEP, name, since,
+                f"{wf.name} {state.key}: {detail}.",
+                detail,
+                f"retry {name} of {state.key}: {detail}",
+                _ref(failure, f"{name} failed"),
             )
         )  # fmt: skip
     return out

@@ -31,7 +31,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         CREATE TABLE instances (
             workflow       VARCHAR NOT NULL,
             instance_key   VARCHAR NOT NULL,
-            status         VARCHAR NOT NULL,  -- running | converged | compensated | diverged | stalled
+            status         VARCHAR NOT NULL,  -- processors.types.InstanceStatus (README: statuses)
             steps          MAP(VARCHAR, VARCHAR) NOT NULL,
             started_at     TIMESTAMP NOT NULL,
             updated_at     TIMESTAMP NOT NULL,
@@ -133,6 +133,45 @@ MIGRATIONS += (
                    count(*) FILTER (WHERE i.status = 'stalled') AS stalled,
                    count(*) FILTER (WHERE i.status = 'running') AS running,
                    round(count(*) FILTER (WHERE i.status IN ('converged', 'compensated')) / count(*), 4)
+                       AS convergence_rate,
+                   quantile_cont(epoch(i.converged_at - i.started_at), 0.50) AS p50_seconds,
+                   quantile_cont(epoch(i.converged_at - i.started_at), 0.95) AS p95_seconds,
+                   quantile_cont(epoch(i.converged_at - i.started_at), 0.99) AS p99_seconds,
+                   coalesce(sum(t.seconds_with_open_anomaly), 0) AS seconds_with_open_anomaly
+            FROM instances i
+            LEFT JOIN anomaly_time t USING (workflow, instance_key)
+            GROUP BY ALL
+            ORDER BY window_start, workflow;
+        """,
+    ),
+)
+
+MIGRATIONS += (
+    (
+        3,
+        "honest statuses: failed and degraded",
+        """
+        -- a clean failure (nothing needed undoing) is 'failed', no longer a vacuous 'compensated';
+        -- a process that went past a failed step is 'degraded'. Live instances are re-folded at
+        -- start-up; this relabels the quiet ones the fold will not see again.
+        UPDATE instance_history SET status = 'failed'
+        WHERE status = 'compensated' AND (workflow, instance_key) IN (
+            SELECT workflow, instance_key FROM instances
+            WHERE status = 'compensated' AND NOT list_contains(map_values(steps), 'compensated'));
+        UPDATE instances SET status = 'failed'
+        WHERE status = 'compensated' AND NOT list_contains(map_values(steps), 'compensated');
+        CREATE OR REPLACE MACRO convergence(bucket) AS TABLE
+            SELECT i.workflow,
+                   time_bucket(bucket, i.started_at) AS window_start,
+                   count(*) AS started,
+                   count(*) FILTER (WHERE i.status = 'converged') AS converged,
+                   count(*) FILTER (WHERE i.status = 'failed') AS failed,
+                   count(*) FILTER (WHERE i.status = 'compensated') AS compensated,
+                   count(*) FILTER (WHERE i.status = 'degraded') AS degraded,
+                   count(*) FILTER (WHERE i.status = 'diverged') AS diverged,
+                   count(*) FILTER (WHERE i.status = 'stalled') AS stalled,
+                   count(*) FILTER (WHERE i.status = 'running') AS running,
+                   round(count(*) FILTER (WHERE i.status IN ('converged', 'failed', 'compensated')) / count(*), 4)
                        AS convergence_rate,
                    quantile_cont(epoch(i.converged_at - i.started_at), 0.50) AS p50_seconds,
                    quantile_cont(epoch(i.converged_at - i.started_at), 0.95) AS p95_seconds,

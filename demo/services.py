@@ -74,7 +74,9 @@ def server_span(
     return span
 
 
-def consumer_span(services: Services, message_headers: dict[str, str], start: int, end: int) -> Span:
+def consumer_span(
+    services: Services, message_headers: dict[str, str], start: int, end: int, *, error: str | None = None
+) -> Span:
     """The fulfilment consumer: a new trace, linked to the span that published the message."""
     producer = trace.get_current_span(context_from(message_headers)).get_span_context()
     span = services.tracer("fulfilment").start_span(
@@ -85,5 +87,7 @@ def consumer_span(services: Services, message_headers: dict[str, str], start: in
         start_time=start,
         attributes={"messaging.system": "inmemory", "messaging.destination.name": "orders"},
     )
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, error))
     span.end(end_time=end)
     return span

@@ -19,7 +19,11 @@ lost_step           the payment span is lost                                   m
 slow                the payment arrives after its 10s deadline                 missing_step (heals)
 stalled             inventory never answers                                    stalled
 conflict            shipped, then refunded                                     conflicting_state
+fulfilment_failed   the order shipped, its fulfilment consumer failed; half    failed_step
+                    are retried and heal                                       (some heal)
 ==================  =========================================================  ==================
+
+A declined payment is a clean failure (status ``failed``, no anomaly).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ SCENARIOS: dict[str, float] = {
     "slow": 0.04,
     "stalled": 0.03,
     "conflict": 0.03,
+    "fulfilment_failed": 0.03,
 }
 
 
@@ -112,7 +117,7 @@ class Shop:
         self._ids = itertools.count(1000)
         self._later: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
-        self._queue: queue.Queue[tuple[dict[str, str], int] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[dict[str, str], int, str | None] | None] = queue.Queue()
         self._consumer = threading.Thread(target=self._consume, name="demo-fulfilment", daemon=True)
 
     # -- the run loop ---------------------------------------------------------------------
@@ -160,8 +165,8 @@ class Shop:
 
     def _consume(self) -> None:
         while (item := self._queue.get()) is not None:
-            headers, at = item
-            consumer_span(self.services, headers, at, at + int(120_000_000 * self.scale))
+            headers, at, error = item
+            consumer_span(self.services, headers, at, at + int(120_000_000 * self.scale), error=error)
 
     # -- one order ------------------------------------------------------------------------
     def place_order(self, scenario: str) -> str:
@@ -169,7 +174,10 @@ class Shop:
         self.stats.orders[scenario] += 1
         order = _Order(self.services, self.scale)
         keyed = self._flow(scenario, order)
-        order.finish(order_id if keyed else None, self._queue)
+        failing = scenario == "fulfilment_failed"
+        order.finish(order_id if keyed else None, self._queue, error="warehouse unavailable" if failing else None)
+        if failing and self.random.random() < 0.5:  # the consumer retries the message, and it works
+            self.later(3, lambda: self._queue.put((order.headers_of_message, time.time_ns() - order.ms(300), None)))
         return order_id
 
     def _flow(self, scenario: str, o: _Order) -> bool:
@@ -226,6 +234,7 @@ class _Order:
             attributes={"app.user.id": "u-42"},
         )
         self.headers = headers_for(self.root)
+        self.headers_of_message: dict[str, str] = {}
 
     def ms(self, ms: float) -> int:
         return int(ms * 1_000_000 * self.scale)
@@ -253,16 +262,22 @@ class _Order:
         self.charge(elapsed - 400, elapsed - 300)
         self.ship(elapsed - 250, elapsed - 100)
 
-    def finish(self, order_id: str | None, fulfilment: queue.Queue[tuple[dict[str, str], int] | None]) -> None:
+    def finish(
+        self,
+        order_id: str | None,
+        fulfilment: queue.Queue[tuple[dict[str, str], int, str | None] | None],
+        *,
+        error: str | None = None,
+    ) -> None:
         if order_id is not None:
             producer = self.services.tracer("checkout").start_span(
                 "orders publish", context=trace_context(self.root), kind=SpanKind.PRODUCER, start_time=self.at(900),
                 attributes={"messaging.system": "inmemory", "messaging.destination.name": "orders"},
             )  # fmt: skip
-            message_headers = headers_for(producer)
+            self.headers_of_message = headers_for(producer)
             producer.end(end_time=self.at(910))
             self.root.set_attribute("app.order.id", order_id)
-            fulfilment.put((message_headers, self.at(1200)))
+            fulfilment.put((self.headers_of_message, self.at(1200), error))
         self.root.end(end_time=self.at(1000))
 
 

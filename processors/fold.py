@@ -6,13 +6,17 @@ replays them. So arrival order never matters and re-delivery changes nothing: tw
 saw the same transitions agree, to the nanosecond, on state, status and status history.
 
 Status rules (DESIGN.md §4), evaluated at every transition and at every timer in between
-(instance deadline, failure + grace) up to ``now_ns``:
+(instance deadline, failure + grace) up to ``now_ns``. No status claims what did not happen:
 
-- ``diverged``: a ``conflicts`` pair holds, or a failure left completed side effects
-  uncompensated for longer than ``grace``;
-- ``converged``: every required step completed and nothing failed or was compensated;
-- ``compensated``: something failed (or was compensated) and every completed step that has a
-  ``compensated_by`` was compensated — including a clean failure with nothing to undo;
+- ``diverged``: a ``conflicts`` pair holds, or a failure left completed steps that declare a
+  ``compensated_by`` uncompensated for longer than ``grace``;
+- ``converged``: every required step completed and no step is failed or compensated;
+- ``degraded``: the process went *past* a failed step — every other required step completed —
+  so nothing is to be undone; the failed step waits for a retry;
+- ``compensated``: something failed (or was compensated), a compensation actually ran, and no
+  completed step still needs undoing;
+- ``failed``: a clean failure — a step failed, nothing needed undoing, no compensation ran, and
+  no step is still in flight (a failure while the root span is open is not the end yet);
 - ``stalled``: past the workflow deadline and none of the above;
 - ``running``: otherwise.
 """
@@ -24,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from processors.model import WorkflowSpec
-from processors.types import STATE_RANK, InstanceStatus, StepState, Transition
+from processors.types import COHERENT_STATUSES, STATE_RANK, InstanceStatus, StepState, Transition
 
 
 class Evidence(NamedTuple):
@@ -65,7 +69,7 @@ class InstanceState:
     steps: Mapping[str, StepView]
     started_at_ns: int
     updated_at_ns: int
-    #: when the instance reached its current coherent end (converged/compensated), else None
+    #: when the instance reached its current coherent end (converged, failed, compensated), else None
     converged_at_ns: int | None
     #: (status, valid_from_ns) in time order; the last entry is the current status
     history: tuple[tuple[InstanceStatus, int], ...]
@@ -193,14 +197,34 @@ class _Fold:
             else:
                 return InstanceStatus.CONVERGED
         else:
-            if not any(get(s) is StepState.COMPLETED for s in self.plan.compensable):
-                return InstanceStatus.COMPENSATED
-            assert self.first_failure is not None
-            if t - self.first_failure >= self.wf.grace:
-                return InstanceStatus.DIVERGED
+            verdict = self._after_trouble(t)
+            if verdict is not None:
+                return verdict
         if t - started_at >= self.wf.deadline:
             return InstanceStatus.STALLED
         return InstanceStatus.RUNNING
+
+    def _after_trouble(self, t: int) -> InstanceStatus | None:
+        """The status once something failed or was compensated (None: still running)."""
+        assert self.first_failure is not None
+        get = self.state.get
+        failed = [s for s, st in self.state.items() if st is StepState.FAILED]
+        if failed and self._went_past(failed):
+            return InstanceStatus.DEGRADED
+        if any(get(s) is StepState.COMPLETED for s in self.plan.compensable):  # side effects to undo
+            return InstanceStatus.DIVERGED if t - self.first_failure >= self.wf.grace else None
+        if any(st is StepState.COMPENSATED for st in self.state.values()):
+            return InstanceStatus.COMPENSATED
+        if any(st is StepState.STARTED for st in self.state.values()):  # still in flight: not the end
+            return None
+        return InstanceStatus.FAILED
+
+    def _went_past(self, failed: list[str]) -> bool:
+        """Every required step but the failed ones completed: the process did not stop at the
+        failure (an order shipped although its cart was not emptied, or its asynchronous
+        fulfilment failed afterwards)."""
+        get = self.state.get
+        return all(get(s) is StepState.COMPLETED for s in self.plan.required if s not in failed)
 
     def timers(self, started_at: int) -> list[int]:
         out = [started_at + self.wf.deadline]
@@ -249,7 +273,7 @@ def fold(
                     if history[-1][0] is not status:
                         history.append((status, timer))
     status = history[-1][0]
-    converged_at = history[-1][1] if status in (InstanceStatus.CONVERGED, InstanceStatus.COMPENSATED) else None
+    converged_at = history[-1][1] if status in COHERENT_STATUSES else None
     steps = {
         s.name: StepView(
             state=f.state.get(s.name),

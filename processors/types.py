@@ -39,14 +39,23 @@ STATE_RANK: Mapping[StepState, int] = {
 
 
 class InstanceStatus(enum.StrEnum):
+    """Where an instance stands (DESIGN.md §4); each claims only what its transitions show."""
+
     RUNNING = "running"
-    CONVERGED = "converged"
-    COMPENSATED = "compensated"
-    DIVERGED = "diverged"
-    STALLED = "stalled"
+    CONVERGED = "converged"  # every required step completed, nothing failed
+    FAILED = "failed"  # a clean failure: a step failed before anything needed undoing
+    COMPENSATED = "compensated"  # a step failed and a compensation actually ran for what needed it
+    DEGRADED = "degraded"  # the process went past a failed step: it waits for that step's retry
+    DIVERGED = "diverged"  # a conflict, or completed side effects left uncompensated past grace
+    STALLED = "stalled"  # past the deadline and none of the above
 
 
-TERMINAL_STATUSES = frozenset({InstanceStatus.CONVERGED, InstanceStatus.COMPENSATED, InstanceStatus.DIVERGED})
+#: statuses an instance is not expected to leave (it may still, if a late transition says so)
+TERMINAL_STATUSES = frozenset(
+    {InstanceStatus.CONVERGED, InstanceStatus.FAILED, InstanceStatus.COMPENSATED, InstanceStatus.DIVERGED}
+)
+#: the coherent ends: what the convergence rate counts
+COHERENT_STATUSES = frozenset({InstanceStatus.CONVERGED, InstanceStatus.FAILED, InstanceStatus.COMPENSATED})
 
 
 class AnomalyKind(enum.StrEnum):
@@ -55,6 +64,7 @@ class AnomalyKind(enum.StrEnum):
     DUPLICATE_ACTION = "duplicate_action"
     CONFLICTING_STATE = "conflicting_state"
     UNCOMPENSATED_FAILURE = "uncompensated_failure"
+    FAILED_STEP = "failed_step"  # the process went past a failed step; it needs a retry
     STALLED = "stalled"
 
 

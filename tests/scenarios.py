@@ -79,6 +79,12 @@ SCENARIOS: dict[str, Callable[[str], Order]] = {
         late=(S("payment", "Charge", 11.0, 12.0), S("shipping", "ShipOrder", 12.5, 12.8)),
     ),
     "shipped-then-refunded": lambda oid: Order(oid, (*HAPPY, S("payment", "Refund", 2.0, 2.5))),
+    # the order shipped, but its fulfilment failed; the checkout went on and ended well
+    "fulfilment-failed": lambda oid: Order(
+        oid,
+        (*HAPPY, S("fulfilment", "orders process", 0.85, 0.9, error=True)),
+        late=(S("fulfilment", "orders process", 20.0, 20.5),),  # the retry
+    ),
 }
 
 

@@ -54,7 +54,8 @@ def test_overview_shows_statuses_and_open_anomalies(offline: Path) -> None:
     assert shown["Instances"] == "11"
     assert shown["Stalled"] == "1"
     assert shown["Diverged"] == "2"
-    assert shown["Compensated"] == "2"
+    assert shown["Failed / compensated"] == "1 / 1"
+    assert shown["Degraded"] == "0"
     assert shown["Convergence rate"] == "72.7%"
     anomalies = at.dataframe[0].value
     assert set(anomalies["kind"]) >= {"uncompensated_failure", "conflicting_state", "duplicate_action", "stalled"}
@@ -85,7 +86,7 @@ def test_board_lists_every_instance(offline: Path) -> None:
     at = page("board")
     rows = at.dataframe[0].value
     assert len(rows) == 11
-    assert set(rows["status"]) == {"converged", "compensated", "diverged", "stalled"}
+    assert set(rows["status"]) == {"converged", "failed", "compensated", "diverged", "stalled"}
     at.multiselect[0].set_value(["stalled"]).run()
     assert list(at.dataframe[0].value["instance_key"]) == ["order-1048"]
 
@@ -132,7 +133,7 @@ def test_sql_page_runs_an_example(offline: Path) -> None:
     at.button[0].click().run()
     assert not at.exception
     result = at.dataframe[0].value
-    assert set(result["status"]) == {"converged", "compensated", "diverged", "stalled"}
+    assert set(result["status"]) == {"converged", "failed", "compensated", "diverged", "stalled"}
 
 
 def test_sql_page_refuses_writes(offline: Path) -> None:
@@ -160,7 +161,7 @@ def test_live_pages_read_through_the_query_api(db_path: Path, monkeypatch: pytes
         at = page("overview")
         shown = metrics(at)
         assert shown["Instances"] == "3"
-        assert shown["Compensated"] == "1"
+        assert shown["Failed / compensated"] == "1 / 0"
         assert shown["Spans received"] == "10"
         assert shown["Rejected"] == "0"
         board = page("board")

@@ -14,13 +14,14 @@ import yaml
 
 from collector.service import ServeConfig, Service
 from demo.shop import SCENARIOS, DemoError, parse_scenarios, run_demo
+from processors.types import AnomalyKind, InstanceStatus
 from tests.helpers import ORDERS_MODEL
 from tests.procs import COORDSTATE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
-KINDS = {"missing_step", "out_of_order", "duplicate_action", "conflicting_state", "uncompensated_failure", "stalled"}
-STATUSES = {"running", "converged", "compensated", "diverged", "stalled"}
+KINDS = {k.value for k in AnomalyKind}
+STATUSES = {s.value for s in InstanceStatus}
 
 
 def scaled_model(tmp_path: Path, factor: float) -> Path:
@@ -99,7 +100,7 @@ def test_every_status_and_anomaly_kind_with_evidence(tmp_path: Path) -> None:
         # a declined checkout never carries an order id: its trace id became the key
         declined = poll(
             service,
-            "SELECT count(*) FROM instances WHERE status = 'compensated' AND length(instance_key) = 32",
+            "SELECT count(*) FROM instances WHERE status = 'failed' AND length(instance_key) = 32",
             lambda r: r[0][0] > 0,
         )
         assert declined[0][0] > 0
@@ -118,7 +119,7 @@ def test_scenario_options_are_checked() -> None:
         parse_scenarios(["refund=0.1"])
     with pytest.raises(DemoError, match="write NAME=RATE with a rate from 0 to 1"):
         parse_scenarios(["declined=2"])
-    with pytest.raises(DemoError, match=r"rates add up to 1\.42; they must add up to at most 1"):
+    with pytest.raises(DemoError, match=r"rates add up to 1\.45; they must add up to at most 1"):
         parse_scenarios(["declined=0.9", "slow=0.3"])
 
 

@@ -45,15 +45,51 @@ def test_running_then_stalled_after_the_deadline() -> None:
     assert stalled.history[-1] == (InstanceStatus.STALLED, at(30))
 
 
-def test_declined_payment_is_a_clean_compensated_end() -> None:
+def test_declined_payment_is_a_clean_failure_once_nothing_is_in_flight() -> None:
     declined = [
         tr("checkout", "started", 0),
         tr("payment", "started", 0.1),
         tr("payment", "failed", 0.2),
     ]
+    # the checkout root is still open: the failure is not the end yet
+    assert fold(WF, "o-1", declined, at(1)).status is InstanceStatus.RUNNING
+    state = fold(WF, "o-1", [*declined, tr("checkout", "failed", 0.25)], at(60))
+    assert state.status is InstanceStatus.FAILED
+    assert state.converged_at_ns == at(0.25)
+    assert [s.value for s, _ in state.history] == ["running", "failed"]
+
+
+def test_a_failure_with_nothing_undone_is_never_called_compensated() -> None:
+    """Nothing declares a compensation for the completed steps: no compensation ran."""
+    declined = [tr("checkout", "started", 0), tr("payment", "failed", 0.2), tr("checkout", "completed", 0.3)]
     state = fold(WF, "o-1", declined, at(60))
-    assert state.status is InstanceStatus.COMPENSATED
-    assert state.converged_at_ns == at(0.2)
+    assert state.status is InstanceStatus.FAILED
+    assert all(v.state is not StepState.COMPENSATED for v in state.steps.values())
+
+
+def test_a_process_that_went_past_a_failed_step_is_degraded_until_the_retry() -> None:
+    """Every other required step completed after the failure (an optional step here: the
+    fulfilment of the shipped order failed): not converged, not compensated, nothing to undo."""
+    went_on = [*HAPPY[:-1], tr("fulfilment", "failed", 0.9, span_id="ful-1"), tr("checkout", "completed", 1.0)]
+    state = fold(WF, "o-1", went_on, at(60))
+    assert state.status is InstanceStatus.DEGRADED
+    assert state.converged_at_ns is None
+    retried = fold(WF, "o-1", [*went_on, tr("fulfilment", "completed", 20, span_id="ful-2")], at(60))
+    assert retried.status is InstanceStatus.CONVERGED
+    assert [s.value for s, _ in retried.history] == ["running", "degraded", "converged"]
+
+
+def test_a_failed_step_after_a_charge_is_degraded_not_uncompensated_when_the_process_went_on() -> None:
+    """The charge declares a refund, but the order was shipped after the failure: nothing to undo."""
+    failed_then_shipped = [
+        tr("checkout", "started", 0),
+        tr("payment", "completed", 0.3),
+        tr("inventory", "failed", 0.35),
+        tr("inventory", "started", 0.3),
+        tr("shipment", "completed", 0.8),
+        tr("checkout", "completed", 1.0),
+    ]
+    assert fold(WF, "o-1", failed_then_shipped, at(60)).status is InstanceStatus.DEGRADED
 
 
 def test_failure_after_payment_diverges_after_grace_and_heals_with_the_refund() -> None:

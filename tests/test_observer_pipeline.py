@@ -200,11 +200,29 @@ def test_conflict_shipped_then_refunded(run: Run) -> None:
     assert [e["what"] for e in rows[0][7]] == ["shipment.completed", "payment.compensated"]
 
 
-def test_declined_payment_is_compensated_without_anomaly(run: Run) -> None:
+def test_declined_payment_is_a_clean_failure_without_anomaly(run: Run) -> None:
     run.emitter.emit(SCENARIOS["declined"]("o-declined"), T0)
     run.at(60)
-    assert run.status("o-declined") == "compensated"
+    assert run.status("o-declined") == "failed"
     assert run.anomalies("o-declined") == []
+
+
+def test_a_failed_step_the_order_went_past_stays_open_until_its_retry(run: Run) -> None:
+    order = SCENARIOS["fulfilment-failed"]("o-deg")
+    root = run.emitter.emit(order, T0)
+    run.at(10)
+    assert run.status("o-deg") == "degraded"
+    (anomaly,) = run.anomalies("o-deg")
+    assert anomaly[:3] == ("failed_step", "fulfilment", "warning")
+    assert anomaly[4] is None
+    assert anomaly[6].startswith("retry fulfilment of o-deg: fulfilment failed at ")
+    assert [e["what"] for e in anomaly[7]] == ["fulfilment failed"]
+    run.emitter.emit_late(order, T0, root)
+    run.at(30)
+    assert run.status("o-deg") == "converged"
+    (healed,) = run.anomalies("o-deg")
+    assert healed[0] == "failed_step"
+    assert healed[4] is not None
 
 
 def test_no_duplicate_open_anomalies(run: Run) -> None:

@@ -44,7 +44,7 @@ def test_json_result(api: Service) -> None:
     assert body["rows"] == [
         ["order-0", "converged", "completed"],
         ["order-1", "converged", "completed"],
-        ["order-2", "compensated", "failed"],
+        ["order-2", "failed", "failed"],
     ]
     assert body["truncated"] is False
 
@@ -140,7 +140,8 @@ def test_healthz_and_metrics(api: Service) -> None:
     assert "coordstate_spans_received_total 10" in text  # 4 + 4 + 2 (the declined order stops at payment)
     assert 'coordstate_spans_rejected_total{reason="end_before_start"} 0' in text
     assert 'coordstate_instances{status="converged"} 2' in text
-    assert 'coordstate_instances{status="compensated"} 1' in text
+    assert 'coordstate_instances{status="failed"} 1' in text
+    assert 'coordstate_instances{status="compensated"} 0' in text
     assert 'coordstate_open_anomalies{kind="stalled"} 0' in text
     assert "coordstate_transitions_written_total 18" in text
     assert "# TYPE coordstate_commit_latency_seconds gauge" in text

@@ -52,7 +52,7 @@ EXPECT: dict[str, Callable[[Rows], bool]] = {
     ),
     "How long was each order inconsistent?": lambda r: 0 < len(r) <= 10 and all(x[1] > 0 for x in r),
     "How many instances are in each status?": lambda r: (
-        {x[1] for x in r} == {"converged", "compensated", "diverged", "stalled"}
+        {x[1] for x in r} == {"converged", "failed", "compensated", "diverged", "stalled"}
     ),
     "Which matched spans never found their instance?": lambda r: ("orphan", "shipping", "ShipOrder", 1) in r,
 }

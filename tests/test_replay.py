@@ -56,10 +56,10 @@ def test_replay_json_lines_and_length_prefixed_protobuf(tmp_path: Path, files: d
     assert "replayed 3 file(s): 7 requests, 22 spans (0 rejected)" in result.stdout
     rows = query(db, "SELECT instance_key, status FROM instances ORDER BY 1")
     assert rows == [
-        ("order-0", "compensated"),
+        ("order-0", "failed"),
         ("order-1", "converged"),
         ("order-2", "converged"),
-        ("order-3", "compensated"),
+        ("order-3", "failed"),
         ("order-4", "converged"),
         ("order-5", "converged"),
     ]

@@ -5,17 +5,15 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from analytics.queries import literal
+from analytics.queries import KINDS, literal
 from app.data import REFRESH_S, guarded, source, trace_link
-
-KINDS = ["missing_step", "out_of_order", "duplicate_action", "conflicting_state", "uncompensated_failure", "stalled"]
 
 src = source()
 st.title("Alerts")
 st.caption(src.describe())
 c1, c2, c3 = st.columns([1, 2, 1])
 show = c1.radio("Show", ["Open", "Resolved", "All"], horizontal=True)
-kinds = c2.multiselect("Kind", KINDS, placeholder="any kind")
+kinds = c2.multiselect("Kind", list(KINDS), placeholder="any kind")
 severity = c3.multiselect("Severity", ["critical", "warning"], placeholder="any severity")
 
 

@@ -28,9 +28,9 @@ def charts() -> None:
     if conv.empty:
         st.info(EMPTY_STATE, icon=":material/inbox:")
         return
-    totals = conv.groupby("workflow")[["started", "converged", "compensated"]].sum()
+    totals = conv.groupby("workflow")[["started", *queries.COHERENT]].sum()
     for workflow, row in totals.iterrows():
-        coherent = (row["converged"] + row["compensated"]) / row["started"] if row["started"] else 0
+        coherent = sum(row[s] for s in queries.COHERENT) / row["started"] if row["started"] else 0
         st.metric(f"`{workflow}` convergence rate (all windows)", f"{coherent:.1%}")
     long = conv.melt(
         id_vars=["workflow", "window_start"],
@@ -42,7 +42,8 @@ def charts() -> None:
     st.altair_chart(
         alt.Chart(long).mark_bar().encode(
             x=alt.X("window_start:T", title=None), y=alt.Y("instances:Q", stack="zero"),
-            color=alt.Color("status:N"), tooltip=["workflow", "window_start", "status", "instances"],
+            color=alt.Color("status:N", scale=alt.Scale(domain=list(queries.STATUS_COLORS), range=list(queries.STATUS_COLORS.values()))),
+            tooltip=["workflow", "window_start", "status", "instances"],
         ),
         width="stretch",
     )  # fmt: skip

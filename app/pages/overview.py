@@ -11,10 +11,7 @@ import streamlit as st
 from analytics import queries
 from app.data import EMPTY_STATE, REFRESH_S, DataError, guarded, metrics, source
 
-STATUS_COLORS = alt.Scale(
-    domain=["converged", "compensated", "running", "stalled", "diverged"],
-    range=["#2e7d32", "#81c784", "#64b5f6", "#ffb300", "#e53935"],
-)
+STATUS_COLORS = alt.Scale(domain=list(queries.STATUS_COLORS), range=list(queries.STATUS_COLORS.values()))
 
 src = source()
 st.title("Where every process stands")
@@ -24,13 +21,14 @@ st.caption(src.describe())
 def workflow_cards(status: pd.DataFrame) -> None:
     for row in status.itertuples():
         st.subheader(f"Workflow `{row.workflow}`")
-        cols = st.columns(6)
+        cols = st.columns(7)
         cols[0].metric("Instances", f"{row.instances:,}")
         cols[1].metric("Convergence rate", f"{row.convergence_rate:.1%}")
         cols[2].metric("Running", f"{row.running:,}")
         cols[3].metric("Stalled", f"{row.stalled:,}")
         cols[4].metric("Diverged", f"{row.diverged:,}")
-        cols[5].metric("Compensated", f"{row.compensated:,}")
+        cols[5].metric("Degraded", f"{row.degraded:,}")
+        cols[6].metric("Failed / compensated", f"{row.failed:,} / {row.compensated:,}")
     long = status.melt(id_vars=["workflow"], value_vars=list(queries.STATUSES), var_name="status", value_name="count")
     chart = (
         alt.Chart(long)
