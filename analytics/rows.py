@@ -115,7 +115,7 @@ def spans_table(rows: Sequence[MatchedSpan], observed_ns: int) -> pa.Table:
             "name": pa.array([m.span.name for m in rows], pa.string()),
             "start_time": pa.array([m.span.start_ns for m in rows], TS_NS),
             "end_time": pa.array([m.span.end_ns for m in rows], TS_NS),
-            "status": pa.array(["error" if m.span.error else "ok" for m in rows], pa.string()),
+            "status": pa.array([m.span.status for m in rows], pa.string()),
             "attributes": pa.array(
                 [[(k, str(v)) for k, v in {**m.span.resource_attributes, **m.span.attributes}.items()] for m in rows],
                 STR_MAP,
@@ -148,6 +148,8 @@ def span_payload(span: SpanRecord) -> str:
 
 def span_from_payload(payload: str) -> SpanRecord:
     data = json.loads(payload)
+    if "error" in data:  # written before the status was kept (0.1): UNSET was stored as OK then
+        data["status"] = "error" if data.pop("error") else "ok"
     data["events"] = tuple(SpanEvent(**e) for e in data["events"])
     data["links"] = tuple(SpanLink(**link) for link in data["links"])
     return SpanRecord(**data)

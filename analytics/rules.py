@@ -1,8 +1,13 @@
 """The observer's rules: pure functions from a folded instance to the anomalies it shows now.
 
 ``findings(wf, state, now_ns)`` returns every anomaly that *holds* for the instance at ``now_ns``
-(DESIGN.md §5). The observer opens what is new and resolves what no longer holds; the rules know
-nothing of storage. Each finding carries a one-sentence message, a suggested action naming the
+(DESIGN.md §5), and those that held in event time and were already reconciled (``resolved_ns``
+set: a payment that completed after its deadline was missing from the deadline until it
+completed). ``now_ns`` is the event-time watermark: a condition is judged only once the watermark
+has passed the moment it begins, and when it ends is read from the transitions, never from the
+arrival of the batch that showed it. So the anomaly history depends on the transitions alone, not
+on the order or the batches they came in. The observer opens what is new and resolves what no
+longer holds; the rules know nothing of storage. Each finding carries a one-sentence message, a suggested action naming the
 step, the instance and the evidence, and the evidence itself (trace and span ids).
 """
 
@@ -75,6 +80,20 @@ def _first_incomplete(wf: WorkflowSpec, state: InstanceState) -> str:
     return wf.required_steps[-1] if wf.required_steps else wf.steps[0].name
 
 
+def _completed_at(state: InstanceState, step: str) -> int | None:
+    """When the step first completed (None: never)."""
+    return state.steps[step].first_ns.get(StepState.COMPLETED)
+
+
+def _first_gap_at(wf: WorkflowSpec, state: InstanceState, t: int) -> str | None:
+    """The first required step not completed by event time ``t`` (None: all were)."""
+    for name in wf.required_steps:
+        done = _completed_at(state, name)
+        if done is None or done > t:
+            return name
+    return None
+
+
 def _action(
     wf: WorkflowSpec,
     kind: AnomalyKind,
@@ -100,7 +119,7 @@ def findings(wf: WorkflowSpec, state: InstanceState, now_ns: int) -> list[Findin
     out += _conflicts(wf, state)
     out += _uncompensated(wf, state, now_ns)
     out += _failed_steps(wf, state)
-    out += _stalled(wf, state)
+    out += _stalled(wf, state, now_ns)
     return out
 
 
@@ -124,34 +143,39 @@ def _make(
 
 
 def _missing(wf: WorkflowSpec, state: InstanceState, now: int) -> list[Finding]:
-    if state.status not in (InstanceStatus.RUNNING, InstanceStatus.STALLED) or state.first_failure_ns is not None:
-        return []
+    """A required step not completed by its deadline (or, for the first such step, the
+    instance's). Held from the deadline until the step completed or something failed (the
+    failure rules take over); a step that completed late is kept as history."""
     out = []
-    overdue_instance = now >= state.started_at_ns + wf.deadline
-    first_gap = _first_incomplete(wf, state)
+    start, failed_at = state.started_at_ns, state.first_failure_ns
+    gap_due = start + wf.deadline
+    gap = _first_gap_at(wf, state, gap_due)
     for step in wf.steps:
+        if step.optional:
+            continue
         view = state.steps[step.name]
-        if step.optional or view.state is StepState.COMPLETED:
+        done = _completed_at(state, step.name)
+        due = start + step.deadline if step.deadline is not None else None
+        if due is None or (done is not None and done <= due):
+            if step.name != gap:
+                continue
+            due = gap_due
+        if now < due or (failed_at is not None and failed_at <= due):
             continue
-        due = state.started_at_ns + step.deadline if step.deadline is not None else None
-        if due is not None and now >= due:
-            since = due
-        elif overdue_instance and step.name == first_gap:
-            since = state.started_at_ns + wf.deadline
-        else:
-            continue
-        budget = format_duration(since - state.started_at_ns)
+        ends = [t for t in (done, failed_at) if t is not None]
+        budget = format_duration(due - start)
         seen = "started but never completed" if view.state is not None else "never seen"
-        detail = f"{step.name} {seen} within {budget} of {clock(state.started_at_ns)}"
-        out.append(
-            _make(
-                wf, state, AnomalyKind.MISSING_STEP, step.name, since,
-                f"{wf.name} {state.key}: {detail}.",
-                detail,
-                f"re-drive {step.name} of {state.key}: {detail}",
-                _ref(view.started_by, f"{step.name} started"),
-            )
+        if done is not None:
+            seen = f"completed only at {clock(done)}"
+        detail = f"{step.name} {seen} within {budget} of {clock(start)}"
+        finding = _make(
+            wf, state, AnomalyKind.MISSING_STEP, step.name, due,
+            f"{wf.name} {state.key}: {detail}.",
+            detail,
+            f"re-drive {step.name} of {state.key}: {detail}",
+            _ref(view.started_by, f"{step.name} started"),
         )  # fmt: skip
+        out.append(replace(finding, resolved_ns=min(ends)) if ends else finding)
     return out
 
 
@@ -231,6 +255,8 @@ def _conflicts(wf: WorkflowSpec, state: InstanceState) -> list[Finding]:
 
 
 def _uncompensated(wf: WorkflowSpec, state: InstanceState, now: int) -> list[Finding]:
+    """A step failed and completed steps with a ``compensated_by`` were not undone within
+    ``grace``. Held until the compensation ran (then kept as history)."""
     failed = [(n, v) for n, v in state.steps.items() if v.state is StepState.FAILED]
     if not failed or state.first_failure_ns is None or state.status is InstanceStatus.DEGRADED:
         return []
@@ -241,23 +267,25 @@ def _uncompensated(wf: WorkflowSpec, state: InstanceState, now: int) -> list[Fin
     out = []
     for step in wf.steps:
         view = state.steps[step.name]
-        if not step.compensated_by or view.state is not StepState.COMPLETED:
+        if not step.compensated_by or view.state not in (StepState.COMPLETED, StepState.COMPENSATED):
             continue
+        undone = view.since_ns if view.state is StepState.COMPENSATED else None
+        if undone is not None and undone <= since:
+            continue  # compensated within grace: nothing to report
         done = view.completions[-1] if view.completions else None
         at = f" at {clock(done.time_ns)} (span {short(done.span_id)})" if done else ""
         detail = (
             f"{step.name} completed{at} but {fname} failed and no {step.compensated_by} ran "
             f"within {format_duration(wf.grace)}"
         )
-        out.append(
-            _make(
-                wf, state, AnomalyKind.UNCOMPENSATED_FAILURE, step.name, since,
-                f"{wf.name} {state.key}: {detail}.",
-                detail,
-                f"run {step.compensated_by} for {step.name} of {state.key}: {detail}",
-                _ref(done, f"{step.name} completed") + _ref(fview.failures[-1] if fview.failures else None, f"{fname} failed"),
-            )
+        finding = _make(
+            wf, state, AnomalyKind.UNCOMPENSATED_FAILURE, step.name, since,
+            f"{wf.name} {state.key}: {detail}.",
+            detail,
+            f"run {step.compensated_by} for {step.name} of {state.key}: {detail}",
+            _ref(done, f"{step.name} completed") + _ref(fview.failures[-1] if fview.failures else None, f"{fname} failed"),
         )  # fmt: skip
+        out.append(finding if undone is None else replace(finding, resolved_ns=undone))
     return out
 
 
@@ -287,18 +315,21 @@ def _failed_steps(wf: WorkflowSpec, state: InstanceState) -> list[Finding]:
     return out
 
 
-def _stalled(wf: WorkflowSpec, state: InstanceState) -> list[Finding]:
-    if state.status is not InstanceStatus.STALLED:
+def _stalled(wf: WorkflowSpec, state: InstanceState, now: int) -> list[Finding]:
+    """The instance was ``stalled`` (in its status history): from then until its next status."""
+    history = state.history
+    at = next((i for i, (status, _) in enumerate(history) if status is InstanceStatus.STALLED), None)
+    if at is None or history[at][1] > now:
         return []
-    gap = _first_incomplete(wf, state)
-    since = state.history[-1][1]
+    since = history[at][1]
+    until = history[at + 1][1] if at + 1 < len(history) else None
+    gap = _first_gap_at(wf, state, since) or _first_incomplete(wf, state)
     detail = f"no coherent end within {format_duration(wf.deadline)} of {clock(state.started_at_ns)}; first incomplete step: {gap}"
-    return [
-        _make(
-            wf, state, AnomalyKind.STALLED, gap, since,
-            f"{wf.name} {state.key} is stalled: {detail}.",
-            detail,
-            f"re-drive {state.key} from {gap}: {detail}",
-            _ref(state.steps[gap].started_by, f"{gap} started"),
-        )
-    ]  # fmt: skip
+    finding = _make(
+        wf, state, AnomalyKind.STALLED, gap, since,
+        f"{wf.name} {state.key} is stalled: {detail}.",
+        detail,
+        f"re-drive {state.key} from {gap}: {detail}",
+        _ref(state.steps[gap].started_by, f"{gap} started"),
+    )  # fmt: skip
+    return [finding if until is None else replace(finding, resolved_ns=until)]

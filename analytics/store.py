@@ -313,6 +313,11 @@ class Store:
         self._queue.put(("tick", done, limit))
         done.result(timeout=60)
 
+    def observe(self, event_ns: int) -> None:
+        """The latest event time of a request just accepted (committed, or wholly unmatched):
+        the clock's watermark may move forward with it."""
+        self.clock.observe(event_ns)
+
     @property
     def pending_count(self) -> int:
         return self._processor.pending_count

@@ -26,9 +26,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from collector import wire
 from processors.matching import CompiledModel
-from processors.types import AttrValue, SpanEvent, SpanLink, SpanRecord
+from processors.types import SPAN_STATUS_OF_CODE, AttrValue, SpanEvent, SpanLink, SpanRecord, SpanStatus
 
-STATUS_CODE_ERROR = 2
 MAX_TIME_NS = (1 << 63) - 1  # int64 nanoseconds: what Arrow and DuckDB timestamps hold
 MAX_MESSAGES = 3
 
@@ -267,7 +266,7 @@ def _record(
         name=sp.name,
         start_ns=sp.start_time_unix_nano,
         end_ns=end,
-        error=sp.status.code == STATUS_CODE_ERROR,
+        status=SPAN_STATUS_OF_CODE.get(sp.status.code, SpanStatus.UNSET.value),
         attributes=attrs,
         resource_attributes=res_attrs,
         events=events,

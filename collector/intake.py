@@ -144,4 +144,5 @@ class Intake:
                 raise Unavailable(str(exc)) from exc
             except TimeoutError as exc:
                 raise Unavailable("the commit did not finish in time; retry") from exc
+        self.store.observe(decoded.max_time_ns)  # only after the commit: a tick at the new watermark sees it
         return Outcome(decoded.received, decoded.rejected_count, decoded.error_message())

@@ -7,10 +7,13 @@ big-endian length) — and plain single-message protobuf files; any of them gzip
 A record that cannot be read (a broken JSON line, a truncated last message: the writer was
 stopped mid-write) is skipped and reported with its file and place; everything else is replayed.
 
-Determinism: the clock is the event-time watermark (the latest span end seen), the writer never
-ticks on its own, and every request is committed and followed by one tick before the next is
-read. The same files therefore always give the same tables. At the end the clock moves past the
-longest ``key.wait`` so that buffered spans are settled (fallback key, unkeyed or orphan).
+Determinism: the clock is the event-time watermark (the latest span end seen, minus the model's
+``watermark.lateness``, exactly as when serving), the writer never ticks on its own, and every
+request is committed and followed by one tick before the next is read. The same files therefore
+always give the same tables, and a collector's file whose services' batches sit out of order by
+up to ``lateness`` gives what an ordered one gives. At the end everything has been seen: the
+clock moves to the latest event time plus the longest ``key.wait``, so that buffered spans are
+settled (fallback key, unkeyed or orphan).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from tqdm import tqdm
 from analytics.store import Store
 from analytics.telemetry import Telemetry
 from collector.decode import PayloadError, WireRequest, decode_request, parse_json, parse_protobuf
-from processors.clock import WatermarkClock
+from processors.clock import EventTimeClock
 from processors.matching import CompiledModel
 
 
@@ -134,7 +137,7 @@ def _check_readable(files: list[Path]) -> None:
 
 def replay(files: list[Path], model: CompiledModel, db: Path, *, progress: bool = True) -> ReplaySummary:
     _check_readable(files)
-    clock = WatermarkClock()
+    clock = EventTimeClock(model.model.watermark.lateness)
     telemetry = Telemetry()
     store = Store(db, model, clock, telemetry, tick_interval_s=None)
     store.open()
@@ -158,13 +161,13 @@ def replay(files: list[Path], model: CompiledModel, db: Path, *, progress: bool 
                     requests += 1
                     spans += decoded.received
                     rejected += decoded.rejected_count
-                    clock.advance(decoded.max_time_ns)
                     if decoded.records:
                         store.submit(decoded.records).result()
+                    store.observe(decoded.max_time_ns)
                     store.tick_now()
                 bar.update(path.stat().st_size)
         longest_wait = max(w.key.wait for w in model.workflows.values())
-        clock.advance(clock.now_ns() + longest_wait)
+        clock.observe(clock.seen_ns + clock.lateness_ns + longest_wait)
         store.tick_now()
     finally:
         store.close()

@@ -22,7 +22,7 @@ from collector.decoders import Decoders, auto_workers
 from collector.intake import Admission, Intake
 from collector.otlp_grpc import GrpcReceiver, ListenError
 from collector.otlp_http import build_app
-from processors.clock import Clock, WallClock
+from processors.clock import Clock, EventTimeClock, WallClock
 from processors.matching import CompiledModel
 from processors.model import ModelError, load_model, parse_duration
 
@@ -128,9 +128,10 @@ def load_source(path: str) -> tuple[CompiledModel, str, str]:
 class Service:
     def __init__(self, config: ServeConfig, clock: Clock | None = None) -> None:
         self.config = config
-        self.clock = clock or WallClock()
         self.telemetry = Telemetry()
         self.model, model_text, model_source = load_source(config.model)
+        watermark = self.model.model.watermark
+        self.clock = clock or EventTimeClock(watermark.lateness, WallClock(), watermark.idle)
         workers = auto_workers() if config.decode_workers is None else config.decode_workers
         if workers < 0:
             raise StartError(f"--decode-workers {workers}: give 0 or more processes")

@@ -5,7 +5,8 @@
 ``trace_id: true``), and returns the *new* transitions of started instances. What cannot be placed
 yet waits in bounded buffers:
 
-- **key buffer**: a matched span without a key waits for its trace (or a linked trace) to reveal
+- **key buffer**: a matched span without a key waits (``key.wait`` of the clock's time, counted
+  from its own end or its arrival, whichever is later) for its trace (or a linked trace) to reveal
   the key — the order id often sits on a root span that ends, and arrives, after its children.
   After ``key.wait`` it takes the trace id as key (``fallback: trace_id``) or is dropped as
   ``unkeyed``.
@@ -186,7 +187,10 @@ class Processor:
                 by_wf.setdefault(c.workflow, []).append(c)
             for workflow, wf_cands in by_wf.items():
                 key = own.get(workflow) or self._wf[workflow].inherited(span)
-                self._place(PendingSpan(workflow, span, now_ns, key), now_ns, out, wf_cands)
+                # a span waits ``key.wait`` from its own end or from now, whichever is later: the
+                # clock is event time, and one batch can move it past spans still to be placed
+                arrived = span.end_ns if span.end_ns > now_ns else now_ns
+                self._place(PendingSpan(workflow, span, arrived, key), now_ns, out, wf_cands)
         self._evict_overflow(now_ns, out)
         return out
 

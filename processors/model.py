@@ -174,9 +174,19 @@ class WorkflowSpec(_Strict):
         return tuple(s.name for s in self.steps if not s.optional)
 
 
+class WatermarkSpec(_Strict):
+    """How long data may arrive late (event time) before lateness is judged (DESIGN.md §5)."""
+
+    #: a span may arrive this long after newer data and still count as on time
+    lateness: Duration = 15_000_000_000
+    #: serving only: with nothing arriving, the wall clock moves the watermark this far behind it
+    idle: Duration = 600_000_000_000
+
+
 class ModelFile(_Strict):
     file_format: str
     workflows: tuple[WorkflowSpec, ...]
+    watermark: WatermarkSpec = Field(default_factory=WatermarkSpec)
     #: Attributes stored besides the ones the model reads (everything else is never stored).
     allow_attributes: tuple[str, ...] = ()
     #: Delete the history of terminal instances older than this (None: keep everything).
@@ -286,6 +296,12 @@ def semantic_problems(model: ModelFile) -> Iterable[ModelProblem]:
     """Checks across keys: references to steps and states, cycles, duplicates, templates."""
     if not model.workflows:
         yield ModelProblem("workflows", "declare at least one workflow")
+    if model.watermark.idle < model.watermark.lateness:
+        yield ModelProblem(
+            "watermark.idle",
+            f"{format_duration(model.watermark.idle)} is shorter than watermark.lateness "
+            f"({format_duration(model.watermark.lateness)}): make idle at least as long as lateness",
+        )
     seen_workflows: dict[str, int] = {}
     for wi, wf in enumerate(model.workflows):
         base = f"workflows[{wi}]"

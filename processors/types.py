@@ -77,6 +77,18 @@ class DropReason(enum.StrEnum):
     DUPLICATE = "duplicate"  # the same evidence was seen before (re-delivery)
 
 
+class SpanStatus(enum.StrEnum):
+    """A span's status code, as OTLP sends it (``Status.code`` 0, 1, 2)."""
+
+    UNSET = "unset"
+    OK = "ok"
+    ERROR = "error"
+
+
+#: OTLP's status code → the stored value (a plain ``str``: records are pickled by the decoders)
+SPAN_STATUS_OF_CODE: Mapping[int, str] = {0: SpanStatus.UNSET.value, 1: SpanStatus.OK.value, 2: SpanStatus.ERROR.value}
+
+
 class SpanEvent(NamedTuple):
     name: str
     time_ns: int
@@ -102,11 +114,16 @@ class SpanRecord(NamedTuple):
     name: str
     start_ns: int
     end_ns: int
-    error: bool
+    #: a :class:`SpanStatus` value: ``unset`` (most spans: a success nobody marked), ``ok``, ``error``
+    status: str
     attributes: Mapping[str, AttrValue]
     resource_attributes: Mapping[str, AttrValue]
     events: tuple[SpanEvent, ...]
     links: tuple[SpanLink, ...]
+
+    @property
+    def error(self) -> bool:
+        return self.status == "error"
 
 
 class Transition(NamedTuple):

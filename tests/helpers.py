@@ -53,7 +53,7 @@ def span(
         name=name,
         start_ns=T0 + int(start * SECOND),
         end_ns=T0 + int(end * SECOND),
-        error=error,
+        status="error" if error else "unset",
         attributes=attrs or {},
         resource_attributes={},
         events=tuple(SpanEvent(n, T0 + int(t * SECOND), {}) for n, t in events),

@@ -34,6 +34,7 @@ def scaled_model(tmp_path: Path, factor: float) -> Path:
 
     wf["deadline"], wf["grace"] = scale(wf["deadline"]), scale(wf["grace"])
     wf["key"]["wait"] = scale(wf["key"]["wait"])
+    data["watermark"] = {"lateness": scale("15s"), "idle": scale("40s")}
     for step in wf["steps"]:
         if "deadline" in step:
             step["deadline"] = scale(step["deadline"])

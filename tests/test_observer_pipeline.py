@@ -85,7 +85,7 @@ def test_paper_case_uncompensated_failure_then_refund_heals(run: Run) -> None:
     run.emitter.emit_late(order, T0, root)
     assert run.status("order-1042") == "compensated"
     [(_, _, _, _, resolved, *_)] = run.anomalies("order-1042")
-    assert str(resolved) == "2025-10-09 08:53:30"
+    assert str(resolved) == "2025-10-09 08:53:29"  # when the refund completed (event time), not when it arrived
     assert query_live(run.service.store, "SELECT steps['payment'] FROM instances") == [("compensated",)]
 
 
@@ -164,12 +164,12 @@ def test_missing_step_that_arrives_late_heals(run: Run) -> None:
     run.emitter.emit_late(order, T0, root)  # the payment (and then the shipment) arrives late
     assert run.status("o-slow") == "converged"
     rows = run.anomalies("o-slow")
-    assert str(rows[0][4]) == "2025-10-09 08:53:33"
+    assert str(rows[0][4]) == "2025-10-09 08:53:32"  # the payment completed at 12 s (event time)
     healed = query_live(
         run.service.store,
         "SELECT epoch(resolved_at - opened_at) FROM anomalies WHERE instance_key = 'o-slow'",
     )
-    assert healed == [(3.0,)]
+    assert healed == [(2.0,)]
 
 
 def test_lost_step_stalls_the_order(run: Run) -> None:

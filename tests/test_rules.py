@@ -41,7 +41,30 @@ def test_uncompensated_failure_waits_for_grace() -> None:
     ]
     assert kinds(failed, 5.3) == []
     assert kinds(failed, 5.4) == [("uncompensated_failure", "payment")]
-    assert kinds([*failed, tr("refund", "completed", 6)], 7) == []
+    # refunded after grace: the condition held from 5.4 s to 6 s, and stays as history
+    healed = fold(WF, "o-1", [*failed, tr("refund", "completed", 6)], T0 + 7 * SECOND)
+    [finding] = findings(WF, healed, T0 + 7 * SECOND)
+    assert (finding.kind, finding.since_ns, finding.resolved_ns) == (
+        AnomalyKind.UNCOMPENSATED_FAILURE,
+        T0 + int(5.4 * SECOND),
+        T0 + 6 * SECOND,
+    )
+    # refunded within grace: nothing to report
+    assert kinds([*failed, tr("refund", "completed", 5)], 7) == []
+
+
+def test_a_step_that_completed_after_its_deadline_was_missing_until_then() -> None:
+    """Judged from the transitions alone: the same whether the payment arrived before or after
+    the watermark passed its deadline."""
+    late = [tr("checkout", "started", 0), tr("payment", "completed", 12), tr("inventory", "completed", 12.5),
+            tr("shipment", "completed", 13), tr("checkout", "completed", 14)]  # fmt: skip
+    state = fold(WF, "o-1", late, T0 + 20 * SECOND)
+    [finding] = findings(WF, state, T0 + 20 * SECOND)
+    assert (finding.kind, finding.step) == (AnomalyKind.MISSING_STEP, "payment")
+    assert (finding.since_ns, finding.resolved_ns) == (T0 + 10 * SECOND, T0 + 12 * SECOND)
+    assert "payment completed only at " in finding.message
+    # before the watermark reaches the deadline, nothing is judged
+    assert findings(WF, state, T0 + 9 * SECOND) == []
 
 
 def test_action_override_per_step_wins_over_workflow() -> None:

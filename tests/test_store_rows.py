@@ -148,7 +148,7 @@ def test_a_buffered_span_is_stored_as_the_same_json_and_read_back_equal() -> Non
         name="Reserve",
         start_ns=T0,
         end_ns=T0 + SECOND,
-        error=True,
+        status="error",
         attributes={"app.order.id": "o-1", "retry": 2},
         resource_attributes={"deployment": "eu"},
         events=(SpanEvent("inventory.reserved", T0 + 5, {"sku": "x"}),),
@@ -163,10 +163,15 @@ def test_a_buffered_span_is_stored_as_the_same_json_and_read_back_equal() -> Non
         "name": "Reserve",
         "start_ns": T0,
         "end_ns": T0 + SECOND,
-        "error": True,
+        "status": "error",
         "attributes": {"app.order.id": "o-1", "retry": 2},
         "resource_attributes": {"deployment": "eu"},
         "events": [{"name": "inventory.reserved", "time_ns": T0 + 5, "attributes": {"sku": "x"}}],
         "links": [{"trace_id": "ef" * 16, "span_id": "01" * 8}],
     }
     assert rows.span_from_payload(payload) == span
+    # what 0.1 stored (an error flag; UNSET was stored as OK) still loads
+    old = {**json.loads(payload), "error": True}
+    del old["status"]
+    assert rows.span_from_payload(json.dumps(old)) == span
+    assert rows.span_from_payload(json.dumps({**old, "error": False})).status == "ok"
