@@ -45,6 +45,9 @@ def bind(address: str, flag: str, what: str) -> socket.socket:
     host, port = split_address(address, flag)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
+    # a restart binds at once although closed connections of the last run linger in TIME_WAIT;
+    # a port another socket *listens* on still fails (never SO_REUSEPORT: no second server)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

@@ -213,3 +213,25 @@ def test_coordstate_query_without_a_server(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "query API at http://127.0.0.1:9 is not answering" in result.stderr
     assert "is `coordstate serve` running?" in result.stderr
+
+
+def test_serve_restarts_on_its_ports_right_after_api_queries(db_path: Path) -> None:
+    """Closed API connections linger in TIME_WAIT; without SO_REUSEADDR the restart could not bind
+    for up to a minute. A port another server listens on must still be refused."""
+    with ServerProcess(db_path) as first:
+        for _ in range(5):
+            assert run_cli("--api", first.api, "SELECT count(*) FROM instances").returncode == 0
+        ports = ["--otlp-grpc", first.grpc, "--otlp-http", first.http.removeprefix("http://"),
+                 "--api", first.api.removeprefix("http://")]  # fmt: skip
+        assert first.terminate() == 0
+    with ServerProcess(db_path, *ports) as again:
+        assert again.api == first.api
+        assert run_cli("--api", again.api, "SELECT count(*) FROM instances").stdout.splitlines()[2].strip() == "0"
+        second = subprocess.run(
+            [COORDSTATE, "serve", "--db", str(db_path.with_name("other.duckdb")), "--otlp-grpc", "127.0.0.1:0",
+             "--otlp-http", "127.0.0.1:0", "--api", again.api.removeprefix("http://")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert f"query API cannot listen on {again.api.removeprefix('http://')}: " in second.stderr
+        assert again.terminate() == 0
