@@ -121,6 +121,7 @@ class _Plan:
         self.required = wf.required_steps
         self.compensable = tuple(s.name for s in wf.steps if s.compensated_by)
         self.sort_key = sort_key(self.order)
+        self.start_steps = frozenset(wf.start_steps)
 
 
 _PLANS: dict[int, _Plan] = {}
@@ -254,13 +255,16 @@ def fold(
     if not ordered:
         raise ValueError(f"instance {key!r} of {wf.name!r} has no transitions")
     f = _Fold(plan)
-    started_at = ordered[0].event_time_ns
+    # the instance begins at its start step; a step seen earlier (a consumer span that started
+    # waiting before the message existed) does not move that back
+    starts = plan.start_steps
+    started_at = next((t.event_time_ns for t in ordered if t.step in starts), ordered[0].event_time_ns)
     history: list[tuple[InstanceStatus, int]] = []
     deadline = started_at + wf.deadline
     grace = wf.grace
     last = len(ordered) - 1
     for i, tr in enumerate(ordered):
-        at = tr.event_time_ns
+        at = tr.event_time_ns if tr.event_time_ns > started_at else started_at
         f.apply(tr)
         status = f.status(started_at, at)
         if not history or history[-1][0] is not status:
