@@ -58,7 +58,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             name           VARCHAR NOT NULL,
             start_time     TIMESTAMP_NS NOT NULL,
             end_time       TIMESTAMP_NS NOT NULL,
-            status         VARCHAR NOT NULL,  -- ok | error
+            status         VARCHAR NOT NULL,  -- unset | ok | error (the span status code)
             attributes     MAP(VARCHAR, VARCHAR) NOT NULL,  -- only attributes the model reads
             observed_at    TIMESTAMP NOT NULL
         );

@@ -103,8 +103,9 @@ def test_unkeyed_spans_fall_back_to_trace_id_after_key_wait() -> None:
         span(5, "payment", "Charge", 0.1, 0.2, error=True),
     ]
     assert proc.process(spans, now_ns=T0).transitions == []
-    assert proc.tick(T0 + 9 * SECOND).transitions == []
-    out = proc.tick(T0 + 10 * SECOND)
+    # the wait counts from the span's own end (1 s) when the clock is behind it (event time)
+    assert proc.tick(T0 + 10 * SECOND).transitions == []
+    out = proc.tick(T0 + 11 * SECOND)
     assert {t.instance_key for t in out.transitions} == {trace_id(5)}
     assert ("payment", StepState.FAILED) in {(t.step, t.state) for t in out.transitions}
     assert proc.pending_count == 0
@@ -124,7 +125,7 @@ workflows:
 def test_unkeyed_spans_are_counted_when_no_fallback() -> None:
     proc = Processor(CompiledModel(parse_model(MODEL_NO_FALLBACK)))
     proc.process([span(5, "payment", "Charge", 0, 1)], now_ns=T0)
-    out = proc.tick(T0 + 2 * SECOND)
+    out = proc.tick(T0 + 3 * SECOND)  # 2 s after the span ended
     assert out.dropped[DropReason.UNKEYED] == 1
     assert [(s.disposition, s.steps) for s in out.spans] == [("unkeyed", ("payment",))]
 
@@ -134,7 +135,7 @@ def test_keyed_span_without_start_step_becomes_orphan() -> None:
     proc = Processor(compiled_orders())
     quote = span(6, "shipping", "ShipOrder", 0, 1, attrs={"app.order.id": "cart-quote"})
     assert proc.process([quote], now_ns=T0).transitions == []
-    out = proc.tick(T0 + 10 * SECOND)
+    out = proc.tick(T0 + 11 * SECOND)  # 10 s after the span ended
     assert out.dropped[DropReason.ORPHAN] == 1
     assert [(s.instance_key, s.disposition) for s in out.spans] == [("cart-quote", "orphan")]
     assert len(proc.table) == 0
@@ -220,7 +221,7 @@ def test_link_index_is_released_with_the_spans_that_waited() -> None:
     proc.process([waiting], now_ns=T0)
     corr = proc._wf["order"]
     assert corr.by_link == {trace_id(1): {trace_id(2)}}
-    out = proc.tick(T0 + 2 * SECOND)  # the linked trace never revealed a key
+    out = proc.tick(T0 + 3 * SECOND)  # the linked trace never revealed a key within 2 s of its end
     assert out.dropped[DropReason.UNKEYED] == 1
     assert corr.by_link == {}
     assert corr.by_trace == {}

@@ -41,6 +41,15 @@ def test_otel_demo_extras_keep_the_demos_own_exporters() -> None:
     assert cfg["exporters"]["otlp/coordstate"]["endpoint"] == "host.docker.internal:4327"
 
 
+def test_otel_demo_3x_extras_keep_the_3x_exporters() -> None:
+    cfg = load("otel-demo-extras-3x.yaml")
+    exporters = cfg["service"]["pipelines"]["traces"]["exporters"]
+    assert exporters == ["debug", "otlp_grpc/jaeger", "span_metrics", "otlp_grpc/coordstate"]
+    exporter = cfg["exporters"]["otlp_grpc/coordstate"]
+    assert exporter["endpoint"] == "host.docker.internal:4327"
+    assert exporter["sending_queue"]["enabled"] is True
+
+
 def test_load_balancing_sketch_routes_by_trace() -> None:
     cfg = load("load-balancing.yaml")
     lb = cfg["exporters"]["load_balancing"]

@@ -19,7 +19,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
-from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from collector.replay import replay
 from collector.service import ServeConfig, Service, load_compiled
@@ -201,3 +201,25 @@ def test_a_lost_payment_span_is_still_flagged_once_the_watermark_passes_its_dead
     [(_, _, _, after_start, judged_after)] = [r for r in rows if r[1:3] == ("missing_step", "charge")]
     assert after_start == 5.0
     assert 0 <= judged_after < 5  # the first tick after the watermark (event time − 15 s) passed it
+
+
+def test_span_status_is_kept_as_sent_unset_included(tmp_path: Path) -> None:
+    """UNSET (what most instrumentation leaves on a success) is not OK: it is stored as `unset`."""
+    orders = Shop(Naming("2.2"), seed=2, t0_ns=T0).orders(3, {})
+    orders[0].spans = [
+        ReadableSpan(name=s.name, context=s.context, parent=s.parent, resource=s.resource, attributes=s.attributes,
+                     events=s.events, kind=s.kind, status=Status(StatusCode.OK), start_time=s.start_time, end_time=s.end_time)
+        if s.name == "oteldemo.CheckoutService/PlaceOrder" else s
+        for s in orders[0].spans
+    ]  # fmt: skip
+    orders.append(Shop(Naming("2.2"), seed=5, t0_ns=T0 + 9 * SECOND).order("paymentFailure"))
+    db = tmp_path / "status.duckdb"
+    replay([write(ordered(spans_of(orders)), tmp_path / "s.binpb")], load_compiled(str(MODEL)), db, progress=False)
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows = dict(con.execute("SELECT name || ' ' || instance_key, status FROM spans WHERE service IN ('checkout', 'payment')").fetchall())  # fmt: skip
+    finally:
+        con.close()
+    assert rows[f"oteldemo.CheckoutService/PlaceOrder {orders[0].key}"] == "ok"
+    assert rows[f"oteldemo.CheckoutService/PlaceOrder {orders[1].key}"] == "unset"
+    assert rows[f"grpc.oteldemo.PaymentService/Charge {orders[-1].key}"] == "error"
