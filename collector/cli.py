@@ -13,6 +13,7 @@ from pathlib import Path
 
 from analytics.client import DEFAULT_API_URL, ApiUnavailable, ClientError, QueryFailed, query_api, query_file
 from analytics.http import is_port, split_address
+from collector import tools
 from collector.render import render
 from collector.replay import ReplayError, replay
 from collector.service import (
@@ -325,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("files", nargs="+", metavar="FILE")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
     rep.set_defaults(func=_cmd_replay)
+    tools.add_commands(sub)
     return parser
 
 
@@ -407,6 +409,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ReplayError as exc:
         print(f"coordstate: {exc}", file=sys.stderr)
         code = EXIT_FAILURE
+    except tools.ToolError as exc:
+        print(f"coordstate: {exc}", file=sys.stderr)
+        code = EXIT_USAGE
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

@@ -27,7 +27,7 @@ def render(table: pa.Table, fmt: str) -> str:
         return "".join(json.dumps(dict(zip(columns, row, strict=True)), default=str) + "\n" for row in rows)
     if fmt == "csv":
         out = io.StringIO()
-        writer = csv.writer(out)
+        writer = csv.writer(out, lineterminator="\n")  # as DuckDB's CLI: CRLF breaks shell pipelines
         writer.writerow(columns)
         for row in rows:
             writer.writerow(

@@ -40,6 +40,11 @@ class _Pattern:
         return self.exact is None or self.exact == value
 
 
+def name_pattern(pattern: str | None) -> _Pattern:
+    """A matcher's exact-or-glob name test (``None`` matches anything), as steps use it."""
+    return _Pattern(pattern)
+
+
 class Candidate(NamedTuple):
     """A transition before correlation: which step, which state, when, from which evidence."""
 

@@ -1,0 +1,94 @@
+"""``coordstate export``, ``fit`` and ``discover``: the model and the history, for people and tools.
+
+Registered on the CLI's parser by :func:`add_commands`; the CLI (``collector/cli.py``) stays the
+only place that exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+from analytics.client import DEFAULT_API_URL, query_api, query_file
+from analytics.ocel import Fetch, ocel_document
+from collector.fit import fit_files, fit_stored, render_fit
+from collector.service import DEFAULT_MODEL, load_compiled
+
+EXIT_OK = 0
+
+
+class ToolError(ValueError):
+    """Bad arguments to a tool (exit 2): the message says what and how to fix it."""
+
+
+def parse_since(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ToolError(f"--since {text!r}: write an ISO time, e.g. 2026-12-04T08:00:00Z") from exc
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def fetcher(args: argparse.Namespace) -> Fetch:
+    """Read through ``--db PATH`` (a file no server holds) or ``--api URL`` (a running server)."""
+    if args.db:
+        return partial(query_file, args.db)
+    token = args.token or os.environ.get("COORDSTATE_TOKEN") or None
+    return partial(query_api, args.api or DEFAULT_API_URL, token=token)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    document = ocel_document(fetcher(args), parse_since(args.since))
+    out = Path(args.ocel)
+    out.write_text(json.dumps(document, separators=(",", ":")), encoding="utf-8")
+    print(
+        f"wrote {out}: OCEL 2.0 with {len(document['events']):,} events and {len(document['objects']):,} objects "
+        f"({', '.join(t['name'] for t in document['objectTypes'])})"
+    )
+    return EXIT_OK
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    model = load_compiled(args.model)
+    if args.files:
+        if args.db or args.api:
+            raise ToolError("give OTLP files, or --db / --api, not both")
+        missing = [f for f in args.files if not Path(f).is_file()]
+        if missing:
+            raise ToolError(f"{missing[0]}: no such file; pass OTLP files as replay reads them (JSON lines or protobuf)")
+        report = fit_files(model, [Path(f) for f in args.files], ", ".join(args.files))
+    else:
+        report = fit_stored(model, fetcher(args), args.db or args.api or DEFAULT_API_URL)
+    if args.format == "json":
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print(render_fit(report), end="")
+    return EXIT_OK
+
+
+def _source(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--api", metavar="URL", help=f"query API of a running server (default {DEFAULT_API_URL})")
+    where.add_argument("--db", metavar="PATH", help="a DuckDB file no server holds (opened read-only)")
+    p.add_argument("--token", default=None, help="bearer token of the API (or set COORDSTATE_TOKEN)")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    export = sub.add_parser("export", help="write the coordination history as an OCEL 2.0 event log (process mining)")
+    export.add_argument("--ocel", required=True, metavar="FILE", help="OCEL 2.0 JSON file to write")
+    export.add_argument("--since", default=None, metavar="TIME", help="only transitions from this time on (ISO, UTC)")
+    _source(export)
+    export.set_defaults(func=_cmd_export)
+
+    fit = sub.add_parser("fit", help="how well a model explains the traffic: matches, near misses, statuses")
+    fit.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH", help="model YAML (default %(default)s)")
+    fit.add_argument("files", nargs="*", metavar="FILE", help="OTLP files as replay reads them (or --db / --api)")
+    fit.add_argument("--format", choices=["table", "json"], default="table", help="output (default %(default)s)")
+    _source(fit)
+    fit.set_defaults(func=_cmd_fit)
