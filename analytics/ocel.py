@@ -52,7 +52,7 @@ def ocel_document(fetch: Fetch, since: datetime | None = None) -> dict[str, Any]
     services: set[str] = set()
     traces: set[str] = set()
     instances: set[tuple[str, str]] = set()
-    sql = f"SELECT workflow, instance_key, step, state, event_time, trace_id, span_id, service, source FROM transitions {where}"  # noqa: S608
+    sql = f"SELECT workflow, instance_key, step, state, event_time, trace_id, span_id, service, source FROM transitions {where}"
     for n, row in enumerate(_pages(fetch, sql, "event_time, workflow, instance_key, step, state, span_id, source")):
         activity = f"{row['step']} {row['state']}"
         activities.add(activity)
@@ -64,7 +64,10 @@ def ocel_document(fetch: Fetch, since: datetime | None = None) -> dict[str, Any]
                 "id": f"e{n}",
                 "type": activity,
                 "time": _iso(row["event_time"]),
-                "attributes": [{"name": "span_id", "value": row["span_id"]}, {"name": "source", "value": row["source"]}],
+                "attributes": [
+                    {"name": "span_id", "value": row["span_id"]},
+                    {"name": "source", "value": row["source"]},
+                ],
                 "relationships": [
                     {"objectId": _instance_id(row["workflow"], row["instance_key"]), "qualifier": "instance"},
                     {"objectId": f"trace:{row['trace_id']}", "qualifier": "evidence"},
@@ -75,7 +78,9 @@ def ocel_document(fetch: Fetch, since: datetime | None = None) -> dict[str, Any]
     objects = _instance_objects(fetch, instances)
     traces.update(r["objectId"].removeprefix("trace:") for o in objects for r in o["relationships"])
     objects += [{"id": f"trace:{t}", "type": "trace", "attributes": [], "relationships": []} for t in sorted(traces)]
-    objects += [{"id": f"service:{s}", "type": "service", "attributes": [], "relationships": []} for s in sorted(services)]
+    objects += [
+        {"id": f"service:{s}", "type": "service", "attributes": [], "relationships": []} for s in sorted(services)
+    ]
     workflows = sorted({w for w, _ in instances})
     instance_attributes = [{"name": "status", "type": "string"}, {"name": "started_at", "type": "time"}]
     return {

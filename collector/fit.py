@@ -3,7 +3,8 @@
 From OTLP files (what ``replay`` reads): per workflow and step, the spans and events it matched;
 for a step that matched nothing, the nearest spans or events actually seen ("step ship-order
 matched nothing; service shipping sent `POST /ship-order` 1,204 times"); the statuses and anomaly
-kinds the model produces on this traffic (a replay into a throw-away database); the spans of keyed
+kinds the model produces on this traffic (a replay into a throw-away database, every deadline let
+pass at the end of the files, so nothing is left merely running); the spans of keyed
 traces that no step matches; and how many instances were keyed by the business key rather than
 the trace-id fallback. From ``--db``/``--api`` (spans already stored): the same from the tables,
 without candidates — only matched spans are ever stored.
@@ -149,7 +150,7 @@ def fit_files(model: CompiledModel, files: list[Path], source: str) -> FitReport
     traffic = read_traffic(files, keys)
     with tempfile.TemporaryDirectory(prefix="coordstate-fit-") as tmp:
         db = Path(tmp) / "fit.duckdb"
-        replay(files, model, db, progress=False)
+        replay(files, model, db, progress=False, settle=True)
         fetch: Fetch = lambda sql: query_file(db, sql)  # noqa: E731
         workflows = [_workflow_fit(model, wf, traffic, fetch) for wf in model.workflows.values()]
     return FitReport(source, traffic.spans, len(traffic.traces), workflows)

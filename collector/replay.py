@@ -135,7 +135,11 @@ def _check_readable(files: list[Path]) -> None:
             raise ReplayError(f"{path}: cannot read the file: {exc.strerror}") from exc
 
 
-def replay(files: list[Path], model: CompiledModel, db: Path, *, progress: bool = True) -> ReplaySummary:
+def replay(
+    files: list[Path], model: CompiledModel, db: Path, *, progress: bool = True, settle: bool = False
+) -> ReplaySummary:
+    """Replay ``files`` into ``db``. ``settle``: at the end, also let every deadline and grace
+    period pass (what the model makes of instances the files stop in the middle of: ``fit``)."""
     _check_readable(files)
     clock = EventTimeClock(model.model.watermark.lateness)
     telemetry = Telemetry()
@@ -167,6 +171,8 @@ def replay(files: list[Path], model: CompiledModel, db: Path, *, progress: bool 
                     store.tick_now()
                 bar.update(path.stat().st_size)
         longest_wait = max(w.key.wait for w in model.workflows.values())
+        if settle:
+            longest_wait += max(w.deadline + w.grace for w in model.workflows.values())
         clock.observe(clock.seen_ns + clock.lateness_ns + longest_wait)
         store.tick_now()
     finally:

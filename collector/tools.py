@@ -61,7 +61,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             raise ToolError("give OTLP files, or --db / --api, not both")
         missing = [f for f in args.files if not Path(f).is_file()]
         if missing:
-            raise ToolError(f"{missing[0]}: no such file; pass OTLP files as replay reads them (JSON lines or protobuf)")
+            raise ToolError(
+                f"{missing[0]}: no such file; pass OTLP files as replay reads them (JSON lines or protobuf)"
+            )
         report = fit_files(model, [Path(f) for f in args.files], ", ".join(args.files))
     else:
         report = fit_stored(model, fetcher(args), args.db or args.api or DEFAULT_API_URL)
