@@ -34,6 +34,7 @@ fmt: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/queries.py
+	$(PY) -m bench.discover
 
 # The reliability campaign at full counts (+ >= 10 minutes of fuzzing); prints the README table.
 soak: $(STAMP) browser

@@ -9,14 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
 from analytics.client import DEFAULT_API_URL, query_api, query_file
 from analytics.ocel import Fetch, ocel_document
+from collector.discover import DiscoverError, discover, render_model
 from collector.fit import fit_files, fit_stored, render_fit
 from collector.service import DEFAULT_MODEL, load_compiled
+from processors.matching import CompiledModel
+from processors.model import parse_model
 
 EXIT_OK = 0
 
@@ -74,6 +78,28 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_discover(args: argparse.Namespace) -> int:
+    files = [Path(f) for f in args.files]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise ToolError(f"{missing[0]}: no such file; pass OTLP files as replay reads them (JSON lines or protobuf)")
+    try:
+        found = discover(files, args.key)
+    except DiscoverError as exc:
+        raise ToolError(str(exc)) from exc
+    text = render_model(found, args.workflow)
+    compiled = CompiledModel(parse_model(text, "discovered model"))  # it must be a valid model
+    report = render_fit(fit_files(compiled, files, ", ".join(args.files)))
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}: workflow {args.workflow}, key {found.key.attribute}, {len(found.steps)} steps")
+        print(report, end="")
+    else:
+        print(text, end="")
+        print(report, end="", file=sys.stderr)
+    return EXIT_OK
+
+
 def _source(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--api", metavar="URL", help=f"query API of a running server (default {DEFAULT_API_URL})")
@@ -94,3 +120,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     fit.add_argument("--format", choices=["table", "json"], default="table", help="output (default %(default)s)")
     _source(fit)
     fit.set_defaults(func=_cmd_fit)
+
+    disc = sub.add_parser("discover", help="propose a model from traffic (OTLP files), with the evidence for it")
+    disc.add_argument("files", nargs="+", metavar="FILE", help="OTLP files as replay reads them")
+    disc.add_argument(
+        "--key", default=None, metavar="ATTR", help="the business-key attribute (default: ranked from the traffic)"
+    )
+    disc.add_argument(
+        "-o", "--output", default=None, metavar="FILE", help="write the model here (default: standard output)"
+    )
+    disc.add_argument("--workflow", default="discovered", metavar="NAME", help="workflow name (default %(default)s)")
+    disc.set_defaults(func=_cmd_discover)

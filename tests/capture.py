@@ -13,14 +13,16 @@ from demo.shop import Shop
 from tests.otel_clients import Recording
 
 
-def demo_shop_capture(path: Path, *, seconds: float = 2.0, rate: float = 60.0, seed: int = 11) -> Path:
+def demo_shop_capture(
+    path: Path, *, seconds: float = 2.0, rate: float = 60.0, seed: int = 11, scenarios: dict[str, float] | None = None
+) -> Path:
     """The demo shop (``coordstate demo``: every scenario at its default share) run for ``seconds``
     at ``rate`` orders/s on a tenth of its time scale, written as length-prefixed protobuf, one
     request per 50 spans in the order they ended."""
     recording = Recording()
     services = Services(lambda: recording)
     try:
-        Shop(services, rate=rate, time_scale=0.1, seed=seed).run(seconds, threading.Event())
+        Shop(services, rate=rate, time_scale=0.1, seed=seed, scenarios=scenarios).run(seconds, threading.Event())
     finally:
         services.shutdown()
     spans = sorted(recording.spans, key=lambda s: s.end_time or 0)

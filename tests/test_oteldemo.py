@@ -78,7 +78,8 @@ def outcome(db: Path) -> tuple[dict[str, str], list[tuple[object, ...]], list[tu
 
 def replayed(requests: list[Request], tmp: Path, name: str) -> tuple[dict[str, str], list[tuple[object, ...]], list[tuple[object, ...]]]:  # fmt: skip
     db = tmp / f"{name}.duckdb"
-    replay([write(requests, tmp / f"{name}.binpb")], load_compiled(str(MODEL)), db, progress=False)
+    summary = replay([write(requests, tmp / f"{name}.binpb")], load_compiled(str(MODEL)), db, progress=False)
+    assert (summary.rejected, summary.skipped) == (0, ())  # the fixture is valid OTLP, every span of it
     return outcome(db)
 
 
