@@ -148,6 +148,11 @@ def prometheus(snap: TelemetrySnapshot, instances_by_status: dict[str, int]) -> 
         "Open anomalies by kind.",
         [(f'{{kind="{k.split(":", 1)[1]}"}}', v) for k, v in sorted(g.items()) if k.startswith("open_anomalies:")],
     )
+    health = sorted(k.split(":", 1)[1] for k in g if k.startswith("model_drift:"))
+    metric("model_drift", "gauge", "1 while a required step matches nothing as its workflow's instances keep starting (see the model_health table).",
+           [(f'{{workflow="{k.split("|")[0]}",step="{k.split("|")[1]}"}}', g[f"model_drift:{k}"]) for k in health])  # fmt: skip
+    metric("step_transitions_total", "counter", "Transitions each step of the model produced.",
+           [(f'{{workflow="{k.split("|")[0]}",step="{k.split("|")[1]}"}}', g[f"step_matches:{k}"]) for k in health])  # fmt: skip
     metric("instances", "gauge", "Workflow instances by status.",
            [(f'{{status="{s}"}}', instances_by_status.get(s, 0)) for s in STATUSES])  # fmt: skip
     return "\n".join(lines) + "\n"

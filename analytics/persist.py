@@ -12,6 +12,7 @@ from typing import Any
 from analytics import rows
 from processors.correlate import LearnedKey, PendingSpan, StepResult
 from processors.fold import InstanceState
+from processors.health import StepHealth
 from processors.matching import CompiledModel
 from processors.state import InstanceId
 from processors.types import TERMINAL_STATUSES, StepState, Transition
@@ -207,3 +208,14 @@ def load(con: Any, model: CompiledModel, quiet_before: str) -> Restored:
         ).fetchall()
     }
     return Restored(transitions, evicted, keys, pending, stored)
+
+
+def write_health(con: Any, findings: list[StepHealth], now_ns: int) -> None:
+    """Replace ``model_health`` (a handful of rows; inside the caller's transaction)."""
+    con.execute("DELETE FROM model_health")
+    insert(con, "model_health", rows.health_table(findings, now_ns))
+
+
+def load_health(con: Any) -> list[tuple[str, str, int, int | None]]:
+    found = con.execute("SELECT workflow, step, matched, epoch_ns(last_matched_at) FROM model_health").fetchall()
+    return [(str(w), str(s), int(m), None if t is None else int(t)) for w, s, m, t in found]

@@ -67,6 +67,14 @@ GROUP BY ALL
 ORDER BY severity, open_anomalies DESC
 """
 
+#: steps of the model that matched nothing while their workflow's instances kept starting
+MODEL_DRIFT = """
+SELECT workflow, step, instances_without_match, last_matched_at, hint
+FROM model_health
+WHERE drifting
+ORDER BY workflow, step
+"""
+
 RECENT_INSTANCES = """
 SELECT workflow, instance_key, status, steps, started_at, updated_at, converged_at, open_anomalies
 FROM instances

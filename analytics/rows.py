@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from processors.correlate import LearnedKey, MatchedSpan, PendingSpan
 from processors.fold import InstanceState
+from processors.health import StepHealth
 from processors.types import SpanEvent, SpanLink, SpanRecord, Transition
 
 _EPOCH = datetime(1970, 1, 1)
@@ -153,6 +154,23 @@ def span_from_payload(payload: str) -> SpanRecord:
     data["events"] = tuple(SpanEvent(**e) for e in data["events"])
     data["links"] = tuple(SpanLink(**link) for link in data["links"])
     return SpanRecord(**data)
+
+
+def health_table(findings: Sequence[StepHealth], now_ns: int) -> pa.Table:
+    return pa.table(
+        {
+            "workflow": pa.array([f.workflow for f in findings], pa.string()),
+            "step": pa.array([f.step for f in findings], pa.string()),
+            "matched": pa.array([f.matched for f in findings], pa.int64()),
+            "last_matched_at": pa.array(
+                [None if f.last_matched_ns is None else f.last_matched_ns // 1000 for f in findings], TS_US
+            ),
+            "instances_without_match": pa.array([f.unmatched_instances for f in findings], pa.int32()),
+            "drifting": pa.array([f.drifting for f in findings], pa.bool_()),
+            "hint": pa.array([f.hint for f in findings], pa.string()),
+            "updated_at": pa.array([now_ns // 1000] * len(findings), TS_US),
+        }
+    )
 
 
 def pending_idents_table(idents: Iterable[tuple[str, str, str]]) -> pa.Table:

@@ -185,6 +185,26 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    (
+        4,
+        "model health: drift findings per step",
+        """
+        -- one row per workflow step, rewritten by the writer when it changes (processors/health.py)
+        CREATE TABLE model_health (
+            workflow                VARCHAR NOT NULL,
+            step                    VARCHAR NOT NULL,
+            matched                 BIGINT NOT NULL,   -- transitions this step produced
+            last_matched_at         TIMESTAMP,         -- event time of the latest; NULL: never
+            instances_without_match INTEGER NOT NULL,  -- started since, past the step's expected time
+            drifting                BOOLEAN NOT NULL,
+            hint                    VARCHAR NOT NULL,  -- what to check, when drifting
+            updated_at              TIMESTAMP NOT NULL
+        );
+        """,
+    ),
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 

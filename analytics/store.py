@@ -37,6 +37,7 @@ from analytics.telemetry import Telemetry
 from processors.clock import Clock
 from processors.correlate import Processor, StepResult
 from processors.fold import InstanceState
+from processors.health import DEFAULT_THRESHOLD, ModelHealth
 from processors.matching import CompiledModel
 from processors.state import InstanceId, InstanceTable
 from processors.types import TERMINAL_STATUSES, SpanRecord, StepState, Transition
@@ -64,6 +65,8 @@ ROW_GROUP_SIZE = 8_192
 #: database, same throughput; the database after the run is 5-10% larger. (DuckDB 2.x strings go
 #: to DICT_FSST, which this does not name; 2.x checkpoints measured cheap enough as they are.)
 DISABLED_COMPRESSION = "fsst"
+#: model_health is rewritten when a drift verdict changes, else its counts at most this often
+HEALTH_REFRESH_NS = 10 * 1_000_000_000
 #: due instances (a deadline or grace timer) re-folded per periodic tick. After a restart every
 #: instance whose status changed while the server was down is due at once (229k on a database of
 #: 40M transitions: the first tick took ~30 s and every export waited for it); in chunks, commits
@@ -177,6 +180,7 @@ class Store:
         observer: ObserverProtocol | None = None,
         memory_limit: str | None = None,
         retention_ns: int | None = None,
+        drift_threshold: int = DEFAULT_THRESHOLD,
     ) -> None:
         self.path = str(path)
         self.model = model
@@ -198,6 +202,10 @@ class Store:
         self._reader_lock = threading.Lock()
         self._closed = threading.Event()
         self._processor = self._new_processor()
+        self.drift_threshold = drift_threshold
+        self.health = ModelHealth(model.workflows, drift_threshold)
+        self._health_written: list[tuple[str, str, int, bool]] = []
+        self._health_written_at = 0
         self._quiet: collections.deque[tuple[int, InstanceId]] = collections.deque()
         self._timers: list[tuple[int, str, str]] = []
         self._last: dict[InstanceId, tuple[str, int]] = {}
@@ -425,6 +433,30 @@ class Store:
         if changed and self._persist(result, due, now):
             self.telemetry.add_dropped(result.dropped)  # type: ignore[arg-type]
             self.telemetry.add("transitions_written", len(result.transitions))
+        self._write_health(now)
+
+    def _write_health(self, now: int) -> None:
+        """Model drift findings to ``model_health`` and the gauges, when they changed."""
+        findings = self.health.findings(now)
+        for f in findings:
+            self.telemetry.set(f"model_drift:{f.workflow}|{f.step}", 1 if f.drifting else 0)
+            self.telemetry.set(f"step_matches:{f.workflow}|{f.step}", f.matched)
+        verdicts = [(f.workflow, f.step, f.unmatched_instances, f.drifting) for f in findings]
+        stale = now - self._health_written_at >= HEALTH_REFRESH_NS  # counts move with every commit
+        if verdicts == self._health_written and not stale:
+            return
+        con = self._con
+        try:
+            con.execute("BEGIN")
+            persist.write_health(con, findings, now)
+            con.execute("COMMIT")
+        except duckdb.Error as exc:
+            log.error("writing model health failed, will retry on the next tick: %s", exc)
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            return
+        self._health_written = verdicts
+        self._health_written_at = now
 
     # -- persistence --------------------------------------------------------------------
     def _persist(self, result: StepResult, due: set[InstanceId], now: int) -> bool:
@@ -449,6 +481,9 @@ class Store:
             self.telemetry.add("commit_failures")
             self._rollback_and_rebuild()
             return False
+        self.health.observe(
+            result.transitions, [(s.workflow, s.started_at_ns) for s in states if (s.workflow, s.key) in result.created]
+        )
         for state in states:
             inst = (state.workflow, state.key)
             self._last[inst] = (state.status.value, len(state.history))
@@ -504,6 +539,7 @@ class Store:
             with contextlib.suppress(duckdb.Error):
                 self._con.execute("ROLLBACK")
         self._processor = self._new_processor()
+        self._health_written = []
         self._quiet.clear()
         self._timers.clear()
         self._last.clear()
@@ -536,6 +572,8 @@ class Store:
         table.restore(restored.transitions, restored.evicted)
         self._processor.restore(restored.keys, restored.pending)
         self.observer.restore(self._con)
+        self.health = ModelHealth(self.model.workflows, self.drift_threshold)
+        self.health.restore(persist.load_health(self._con))
         for inst in table:
             state = table.state(inst, now)
             self._last[inst] = restored.stored.get(inst, ("", 0))

@@ -19,6 +19,7 @@ from collector.replay import ReplayError, replay
 from collector.service import (
     DEFAULT_API,
     DEFAULT_DB,
+    DEFAULT_DRIFT_AFTER,
     DEFAULT_MODEL,
     DEFAULT_OTLP_GRPC,
     DEFAULT_OTLP_HTTP,
@@ -99,6 +100,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         retention=args.retention,
         max_bytes_in_flight=args.max_inflight_mb * 1024 * 1024,
         decode_workers=args.decode_workers,
+        drift_after=args.drift_after,
     )
 
 
@@ -349,6 +351,10 @@ def _listeners(p: argparse.ArgumentParser) -> None:
     ):
         p.add_argument(flag, type=host_port, default=default, metavar="HOST:PORT", help=f"{what} (default %(default)s)")
     p.add_argument("--token", default=None, help="require this bearer token on every endpoint (or COORDSTATE_TOKEN)")
+    p.add_argument(
+        "--drift-after", type=int, default=DEFAULT_DRIFT_AFTER, metavar="N",
+        help="a required step that matched nothing while N instances passed its expected time is model drift (default %(default)s)",
+    )  # fmt: skip
     p.add_argument("--tls-cert", default=None, metavar="PEM", help="certificate chain: TLS on every listener")
     p.add_argument("--tls-key", default=None, metavar="PEM", help="private key for --tls-cert")
     p.add_argument(

@@ -23,6 +23,7 @@ from collector.intake import Admission, Intake
 from collector.otlp_grpc import GrpcReceiver, ListenError
 from collector.otlp_http import build_app
 from processors.clock import Clock, EventTimeClock, WallClock
+from processors.health import DEFAULT_THRESHOLD
 from processors.matching import CompiledModel
 from processors.model import ModelError, load_model, parse_duration
 
@@ -34,6 +35,7 @@ DEFAULT_OTLP_GRPC = "127.0.0.1:4327"
 DEFAULT_OTLP_HTTP = "127.0.0.1:4328"
 DEFAULT_API = "127.0.0.1:4329"
 DEFAULT_MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024
+DEFAULT_DRIFT_AFTER = DEFAULT_THRESHOLD
 
 
 def parse_retention(text: str | None) -> int | None:
@@ -100,6 +102,8 @@ class ServeConfig:
     tls_key: str | None = None
     #: processes that parse and decode OTLP requests; None: one per CPU (at most 4); 0: none
     decode_workers: int | None = None
+    #: model drift: a required step that matched nothing while this many instances passed its expected time
+    drift_after: int = DEFAULT_DRIFT_AFTER
 
 
 def resolve_model(path: str) -> str:
@@ -144,6 +148,7 @@ class Service:
             tick_interval_s=config.tick_interval_s,
             memory_limit=config.memory_limit,
             retention_ns=parse_retention(config.retention),
+            drift_threshold=config.drift_after,
         )
         self.intake = Intake(
             self.model, self.store, self.telemetry, Admission(config.max_bytes_in_flight), self.decoders

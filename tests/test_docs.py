@@ -31,7 +31,7 @@ def test_every_option_is_documented(command: str, option: str) -> None:
 def test_every_command_is_documented() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(sub.choices) == {"check", "serve", "query", "ui", "up", "demo", "replay"}
+    assert set(sub.choices) == {"check", "serve", "query", "ui", "up", "demo", "replay", "export", "fit", "discover"}
     for name in sub.choices:
         assert f"`coordstate {name}" in README
 

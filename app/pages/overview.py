@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from analytics import queries
-from app.data import EMPTY_STATE, REFRESH_S, DataError, guarded, metrics, source
+from app.data import EMPTY_STATE, REFRESH_S, DataError, guarded, metrics, query, source
 
 STATUS_COLORS = alt.Scale(domain=list(queries.STATUS_COLORS), range=list(queries.STATUS_COLORS.values()))
 
@@ -78,8 +78,19 @@ def ingest_health() -> None:
     cols[4].metric("Commit latency", f"{m.get('commit_latency_seconds', 0) * 1000:,.1f} ms")
 
 
+def model_drift() -> None:
+    """A banner per drifting step: the model, not an instance, needs attention."""
+    try:
+        drifting = query(queries.MODEL_DRIFT)
+    except DataError:  # a database written before model health existed
+        return
+    for row in drifting.itertuples():
+        st.warning(f"**Model drift** in `{row.workflow}`: {row.hint}", icon=":material/rule:")
+
+
 @st.fragment(run_every=REFRESH_S if src.live else None)
 def live_overview() -> None:
+    model_drift()
     status = guarded(queries.OVERVIEW_STATUS)
     if status.empty:
         st.info(EMPTY_STATE, icon=":material/inbox:")
