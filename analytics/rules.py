@@ -1,7 +1,7 @@
 """The observer's rules: pure functions from a folded instance to the anomalies it shows now.
 
 ``findings(wf, state, now_ns)`` returns every anomaly that *holds* for the instance at ``now_ns``
-(DESIGN.md §5), and those that held in event time and were already reconciled (``resolved_ns``
+(docs/architecture.md), and those that held in event time and were already reconciled (``resolved_ns``
 set: a payment that completed after its deadline was missing from the deadline until it
 completed). ``now_ns`` is the event-time watermark: a condition is judged only once the watermark
 has passed the moment it begins, and when it ends is read from the transitions, never from the

@@ -1,4 +1,4 @@
-"""Numbered schema migrations of the coordstate database (DESIGN.md §6: the SQL contract).
+"""Numbered schema migrations of the coordstate database (docs/architecture.md: the SQL contract).
 
 Public, stable names: ``transitions``, ``instances``, ``instance_history``, ``spans``,
 ``anomalies`` and the table macro ``state_at(ts)``. Tables whose names start with ``_`` are

@@ -3,7 +3,7 @@
 The store judges lateness (deadlines, grace periods, buffers' waits) against ``now_ns()`` and
 tells the clock, through ``observe``, the latest event time of every request it accepted. When
 serving and replaying, that clock is an :class:`EventTimeClock`: the watermark of event time,
-so a service whose batch arrives later than another's is not "late" (DESIGN.md §5).
+so a service whose batch arrives later than another's is not "late" (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ state rank, step declaration order, span id and source), drops exact duplicates 
 replays them. So arrival order never matters and re-delivery changes nothing: two processes that
 saw the same transitions agree, to the nanosecond, on state, status and status history.
 
-Status rules (DESIGN.md §4), evaluated at every transition and at every timer in between
+Status rules (docs/architecture.md), evaluated at every transition and at every timer in between
 (instance deadline, failure + grace) up to ``now_ns``. No status claims what did not happen:
 
 - ``diverged``: a ``conflicts`` pair holds, or a failure left completed steps that declare a

@@ -175,7 +175,7 @@ class WorkflowSpec(_Strict):
 
 
 class WatermarkSpec(_Strict):
-    """How long data may arrive late (event time) before lateness is judged (DESIGN.md §5)."""
+    """How long data may arrive late (event time) before lateness is judged (docs/architecture.md)."""
 
     #: a span may arrive this long after newer data and still count as on time
     lateness: Duration = 15_000_000_000

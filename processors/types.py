@@ -39,7 +39,7 @@ STATE_RANK: Mapping[StepState, int] = {
 
 
 class InstanceStatus(enum.StrEnum):
-    """Where an instance stands (DESIGN.md §4); each claims only what its transitions show."""
+    """Where an instance stands (docs/architecture.md); each claims only what its transitions show."""
 
     RUNNING = "running"
     CONVERGED = "converged"  # every required step completed, nothing failed

@@ -1,4 +1,4 @@
-"""Rules of the house (DESIGN.md §2) that code review alone would let slip."""
+"""Rules of the house (docs/architecture.md) that code review alone would let slip."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The state fold: statuses per DESIGN.md §4, and the invariants arrival order and re-delivery."""
+"""The state fold: statuses per docs/architecture.md, and the invariants arrival order and re-delivery."""
 
 from __future__ import annotations
 
