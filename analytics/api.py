@@ -131,6 +131,12 @@ def prometheus(snap: TelemetrySnapshot, instances_by_status: dict[str, int]) -> 
     )
     metric("queue_depth", "gauge", "Requests waiting for the writer.", [("", g.get("queue_depth", 0))])
     metric(
+        "spans_per_second",
+        "gauge",
+        "Spans received per second, over the last 10 s.",
+        [("", g.get("spans_per_second", 0))],
+    )
+    metric(
         "commit_latency_seconds",
         "gauge",
         "Duration of the last commit.",

@@ -12,6 +12,7 @@ return a :class:`pyarrow.Table`.
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -68,6 +69,25 @@ def query_api(url: str, sql: str, *, token: str | None = None, timeout_s: float 
             f"query API at {url} is not answering ({reason}) — is `coordstate serve` running?"
         ) from exc
     return pa.ipc.open_stream(payload).read_all()
+
+
+def fetch_metrics(url: str, *, token: str | None = None, timeout_s: float = 5.0) -> dict[str, float]:
+    """A running server's ``/metrics`` (Prometheus text) as ``{name{labels}: value}``, without the
+    ``coordstate_`` prefix."""
+    request = urllib.request.Request(url.rstrip("/") + "/metrics")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        raise ApiUnavailable(f"query API at {url} is not answering ({exc}) — is `coordstate serve` running?") from exc
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        found = re.match(r"^coordstate_(\w+)(\{[^}]*\})?\s+(\S+)$", line)
+        if found:
+            out[found.group(1) + (found.group(2) or "")] = float(found.group(3))
+    return out
 
 
 def open_read_only(path: str | Path) -> duckdb.DuckDBPyConnection:

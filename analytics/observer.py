@@ -2,7 +2,7 @@
 
 The store calls :meth:`Observer.plan` with every instance it just re-folded (after a batch, or
 when a deadline/grace timer fell due) and :meth:`Observer.write` inside the transaction that
-commits them. The rules (``analytics/rules.py``) say what holds now;
+commits them. The rules (``processors/rules.py``) say what holds now;
 this class opens what is new, resolves what no longer holds — the row keeps ``opened_at`` and
 ``resolved_at``, so "healed by itself, after how long" is one query — and never keeps two open
 anomalies for the same (instance, kind, step).
@@ -18,10 +18,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from analytics.rules import Finding, findings
 from analytics.telemetry import Telemetry
 from processors.fold import InstanceState
 from processors.matching import CompiledModel
+from processors.rules import Finding, findings
 from processors.state import InstanceId
 from processors.types import AnomalyKind
 

@@ -9,11 +9,26 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from processors.types import COHERENT_STATUSES, AnomalyKind, InstanceStatus
+from processors.rules import Severity
+from processors.types import COHERENT_STATUSES, AnomalyKind, InstanceStatus, StepState
 
 #: every status and anomaly kind, in the core's order (the app's filters and colour scales use these)
 STATUSES: tuple[str, ...] = tuple(s.value for s in InstanceStatus)
 KINDS: tuple[str, ...] = tuple(k.value for k in AnomalyKind)
+#: not at an end yet: what the convergence page calls the backlog
+BACKLOG: tuple[str, ...] = (InstanceStatus.RUNNING.value, InstanceStatus.STALLED.value)
+SEVERITIES: tuple[str, ...] = tuple(s.value for s in Severity)
+#: the board's colour of each step state ("pending": not seen yet)
+STATE_COLORS: dict[str, str] = {
+    StepState.COMPLETED: "#2e7d32",
+    StepState.STARTED: "#64b5f6",
+    StepState.FAILED: "#e53935",
+    StepState.COMPENSATED: "#8e24aa",
+    "pending": "#e0e0e0",
+}
+#: time axes: 24-hour clock, in UTC (the stored timestamps are UTC), said on the axis
+TIME_FORMAT = "%H:%M:%S"
+TIME_TITLE = "time (UTC)"
 #: the coherent ends, which the convergence rate counts
 COHERENT: tuple[str, ...] = tuple(s.value for s in InstanceStatus if s in COHERENT_STATUSES)
 #: the charts' colour of each status: greens for the coherent ends, amber to red for trouble
@@ -126,4 +141,48 @@ def instance_history(workflow: str, key: str) -> str:
     return (
         "SELECT status, valid_from, valid_to FROM instance_history "
         f"WHERE workflow = {literal(workflow)} AND instance_key = {literal(key)} ORDER BY valid_from"
+    )
+
+
+def board(statuses: list[str], key: str, only_anomalies: bool, limit: int) -> str:
+    """The Board page: instances with their steps, newest first, filtered."""
+    where = ["TRUE"]
+    if statuses:
+        where.append("status IN (" + ", ".join(literal(s) for s in statuses) + ")")
+    if key:
+        where.append(f"instance_key ILIKE {literal('%' + key + '%')}")
+    if only_anomalies:
+        where.append("open_anomalies > 0")
+    return (
+        "SELECT workflow, instance_key, status, open_anomalies, updated_at, "
+        "map_keys(steps) AS step_names, map_values(steps) AS step_states FROM instances "
+        f"WHERE {' AND '.join(where)} ORDER BY updated_at DESC LIMIT {int(limit)}"
+    )
+
+
+def alerts(show: str, kinds: list[str], severities: list[str]) -> str:
+    """The Alerts page: ``show`` is Open, Resolved or All."""
+    where = ["TRUE"]
+    if show == "Open":
+        where.append("resolved_at IS NULL")
+    elif show == "Resolved":
+        where.append("resolved_at IS NOT NULL")
+    if kinds:
+        where.append("kind IN (" + ", ".join(literal(k) for k in kinds) + ")")
+    if severities:
+        where.append("severity IN (" + ", ".join(literal(s) for s in severities) + ")")
+    return (
+        "SELECT severity, kind, workflow, instance_key, step, message, suggested_action, opened_at, resolved_at, "
+        "epoch(coalesce(resolved_at, now()::TIMESTAMP) - opened_at) AS age_seconds, "
+        "epoch(resolved_at - opened_at) AS healed_after_seconds, "
+        "evidence[1].trace_id AS trace_id "
+        f"FROM anomalies WHERE {' AND '.join(where)} "
+        "ORDER BY resolved_at IS NOT NULL, severity, opened_at DESC LIMIT 1000"
+    )
+
+
+def instance_spans(workflow: str, key: str) -> str:
+    return (
+        "SELECT service, name, steps, start_time, end_time, status, trace_id, span_id, disposition FROM spans "
+        f"WHERE workflow = {literal(workflow)} AND instance_key = {literal(key)} ORDER BY start_time"
     )

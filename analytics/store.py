@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import duckdb
 
 from analytics import persist, rows
+from analytics.connection import CHECKPOINT_THRESHOLD, connect
 from analytics.observer import Changes, Observer
 from analytics.schema import migrate
 from analytics.telemetry import Telemetry
@@ -39,32 +40,13 @@ from processors.correlate import Processor, StepResult
 from processors.fold import InstanceState
 from processors.health import DEFAULT_THRESHOLD, ModelHealth
 from processors.matching import CompiledModel
+from processors.rules import due_times
 from processors.state import InstanceId, InstanceTable
-from processors.types import TERMINAL_STATUSES, SpanRecord, StepState, Transition
+from processors.types import TERMINAL_STATUSES, SpanRecord, Transition
 
 log = logging.getLogger(__name__)
 
 RETENTION_CHUNK = 1_000
-#: WAL size that triggers a checkpoint. A checkpoint runs inside the commit that crosses it and
-#: blocks every other commit meanwhile (also when another connection triggers it: measured), so its
-#: length is the worst latency it adds to exports. DuckDB 1.5 logs every LIST or MAP column of an
-#: insert at full vector capacity (~32 KB per string child), so each commit adds ~200 KB of WAL
-#: whatever its size: at half load 8 MB is a checkpoint every second or so, of ~0.1 s.
-CHECKPOINT_THRESHOLD = "8MB"
-#: rows per row group (DuckDB's default: 122,880). Each checkpoint recompresses what was appended
-#: to a table's last row group since the previous one; at the default that part grows to most of
-#: a row group and checkpoints to 0.5 s under load (p99 export latency 520 ms at half load in
-#: bench/ingest.py); at 8,192 rows they stay near 0.1 s (p99 166 ms). The price, measured: the
-#: same data takes 1.3x (bench/ingest.py) to 1.7x (a replay of the writer's batches) the disk.
-ROW_GROUP_SIZE = 8_192
-#: compression DuckDB may not choose. A checkpoint analyses every string column of what it writes
-#: for FSST, the costliest candidate, and our strings are mostly random hex ids (trace, span and
-#: instance ids) that FSST barely shrinks. Without it a checkpoint of 7,000 appended transitions
-#: takes 10.8 ms instead of 19.5 (file +28% for that table), and bench/ingest.py's p99 at half
-#: load went from 157-265 ms (five runs) to 98-180 ms (six), 260 -> 189-200 ms on a 10M-transition
-#: database, same throughput; the database after the run is 5-10% larger. (DuckDB 2.x strings go
-#: to DICT_FSST, which this does not name; 2.x checkpoints measured cheap enough as they are.)
-DISABLED_COMPRESSION = "fsst"
 #: model_health is rewritten when a drift verdict changes, else its counts at most this often
 HEALTH_REFRESH_NS = 10 * 1_000_000_000
 #: due instances (a deadline or grace timer) re-folded per periodic tick. After a restart every
@@ -135,35 +117,20 @@ class _Request:
     future: Future[CommitReceipt]
 
 
-_STOP = object()
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    """An explicit tick (``tick_now``): re-fold at most ``limit`` due instances (None: all)."""
+
+    done: Future[CommitReceipt]
+    limit: int | None
 
 
-def connect(path: str) -> Any:
-    """A connection whose default catalog is the database file, attached with ROW_GROUP_SIZE
-    (and DuckDB told not to use DISABLED_COMPRESSION when it writes).
-
-    ``duckdb.connect(path)`` cannot set the row group size; ATTACH can. The alias is the one
-    ``duckdb.connect`` would infer (the file's stem), so qualified names keep working — or
-    ``coordstate`` when the stem is not a plain identifier or names a built-in catalog. Spills go
-    where they went before (``<path>.tmp``), not to the working directory.
-    """
-    alias = Path(path).stem
-    if not alias.isidentifier() or alias.lower() in {"memory", "system", "temp", "main"}:
-        alias = "coordstate"
-    con = duckdb.connect()
-    try:
-        con.execute(f"SET temp_directory = '{_sql_string(path + '.tmp')}'")
-        con.execute(f"SET disabled_compression_methods = '{DISABLED_COMPRESSION}'")
-        con.execute(f"ATTACH '{_sql_string(path)}' AS \"{alias}\" (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
-        con.execute(f'USE "{alias}"')
-    except BaseException:
-        con.close()
-        raise
-    return con
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    """Commit what is queued, then leave the writer thread."""
 
 
-def _sql_string(text: str) -> str:
-    return text.replace("'", "''")
+_Message = _Request | _Tick | _Stop
 
 
 class Store:
@@ -194,7 +161,7 @@ class Store:
         #: history of terminal instances older than this is deleted, RETENTION_CHUNK at a time
         self.retention_ns = retention_ns if retention_ns is not None else model.model.retention
         self.observer: ObserverProtocol = observer if observer is not None else Observer(model, self.telemetry)
-        self._queue: queue.Queue[_Request | object] = queue.Queue()
+        self._queue: queue.Queue[_Message] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._con: Any = None
         self._reader_parent: Any = None
@@ -272,7 +239,7 @@ class Store:
             return
         self._closed.set()
         if self._thread is not None:
-            self._queue.put(_STOP)
+            self._queue.put(_Stop())
             self._thread.join()
         with self._reader_lock:
             if self._reader_parent is not None:
@@ -318,7 +285,7 @@ class Store:
         """Ask the writer for a tick at the clock's current time, and wait for it. It re-folds
         every due instance, or at most ``limit`` of them as a periodic tick does (DUE_CHUNK)."""
         done: Future[CommitReceipt] = Future()
-        self._queue.put(("tick", done, limit))
+        self._queue.put(_Tick(done, limit))
         done.result(timeout=60)
 
     def observe(self, event_ns: int) -> None:
@@ -336,19 +303,20 @@ class Store:
         interval = self.tick_interval_s
         stopping = False
         while True:
+            item: _Message | None
             try:
                 item = self._queue.get(timeout=interval)
             except queue.Empty:
                 item = None
             batch: list[_Request] = []
-            ticks: list[tuple[Future[CommitReceipt], int | None]] = []  # explicit: (done, limit)
+            ticks: list[_Tick] = []  # explicit ones, each with its own limit
             spans = 0
             while item is not None:
-                if item is _STOP:
+                if isinstance(item, _Stop):
                     stopping = True
-                elif isinstance(item, tuple):
-                    ticks.append((item[1], item[2]))
-                elif isinstance(item, _Request):
+                elif isinstance(item, _Tick):
+                    ticks.append(item)
+                else:
                     batch.append(item)
                     spans += len(item.records)
                 if spans >= self.max_batch_spans:
@@ -361,8 +329,8 @@ class Store:
                 if batch:
                     self._commit(batch)
                 if ticks:  # asked for (tick_now): each with its own limit
-                    for _, limit in ticks:
-                        self._tick(limit)
+                    for tick in ticks:
+                        self._tick(tick.limit)
                     last_tick = time.monotonic()
                 elif interval is not None and time.monotonic() - last_tick >= interval:
                     self._tick(DUE_CHUNK)
@@ -373,10 +341,11 @@ class Store:
             for req in batch:
                 if not req.future.done():
                     req.future.set_exception(StoreUnavailable("the batch was not committed; retry"))
-            for t, _ in ticks:
-                if not t.done():
-                    t.set_result(CommitReceipt(0, 0))
+            for tick in ticks:
+                if not tick.done.done():
+                    tick.done.set_result(CommitReceipt(0, 0))
             self.telemetry.set("queue_depth", self._queue.qsize())
+            self.telemetry.sample_rate("spans_received", "spans_per_second", time.monotonic())
             if stopping and self._queue.empty():
                 return
 
@@ -493,17 +462,7 @@ class Store:
         return True
 
     def _schedule(self, state: InstanceState, now: int) -> None:
-        if state.status in TERMINAL_STATUSES and state.first_failure_ns is None:
-            return
-        wf = self.model.workflows[state.workflow]
-        due = [state.started_at_ns + wf.deadline]
-        if state.first_failure_ns is not None:
-            due.append(state.first_failure_ns + wf.grace)
-        for step in wf.steps:
-            if step.deadline is not None and state.steps[step.name].state is not StepState.COMPLETED:
-                due.append(state.started_at_ns + step.deadline)
-        due.extend(v.at.time_ns + wf.grace for v in state.violations if v.requirement_ns is None)
-        for t in due:
+        for t in due_times(self.model.workflows[state.workflow], state):
             if t > now:
                 heapq.heappush(self._timers, (t, state.workflow, state.key))
 

@@ -10,15 +10,13 @@ widgets asks once. Every failure becomes a :class:`DataError` with a message for
 from __future__ import annotations
 
 import os
-import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from analytics.client import DEFAULT_API_URL, ClientError, query_api, query_file
+from analytics.client import DEFAULT_API_URL, ClientError, fetch_metrics, query_api, query_file
 
 REFRESH_S = 5
 
@@ -54,7 +52,8 @@ def _run(sql: str, src: Source) -> pd.DataFrame:
         table = query_api(src.api, sql, token=src.token) if src.api else query_file(str(src.db), sql)
     except ClientError as exc:
         raise DataError(str(exc)) from exc
-    return table.to_pandas()
+    frame: pd.DataFrame = table.to_pandas()
+    return frame
 
 
 def query(sql: str) -> pd.DataFrame:
@@ -75,25 +74,25 @@ def guarded(sql: str) -> pd.DataFrame:
 def _metrics(src: Source) -> dict[str, float]:
     if not src.api:
         return {}
-    request = urllib.request.Request(src.api.rstrip("/") + "/metrics")
-    if src.token:
-        request.add_header("Authorization", f"Bearer {src.token}")
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            text = response.read().decode()
-    except (urllib.error.URLError, OSError) as exc:
-        raise DataError(f"query API at {src.api} is not answering ({exc}) — is `coordstate serve` running?") from exc
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        found = re.match(r"^coordstate_(\w+)(\{[^}]*\})?\s+(\S+)$", line)
-        if found:
-            out[found.group(1) + (found.group(2) or "")] = float(found.group(3))
-    return out
+        return fetch_metrics(src.api, token=src.token)
+    except ClientError as exc:
+        raise DataError(str(exc)) from exc
 
 
 def metrics() -> dict[str, float]:
     """The live server's self-telemetry (empty offline)."""
     return _metrics(source())
+
+
+def open_selected(table: pd.DataFrame, picked: Any) -> None:
+    """A row selected in a table of instances opens that instance's page (its key in the URL,
+    so the link can be shared)."""
+    rows = picked.selection.rows if picked is not None else []
+    if rows:
+        from app.nav import PAGES
+
+        st.switch_page(PAGES["instance"], query_params={"key": str(table.iloc[rows[0]]["instance_key"])})
 
 
 def trace_link(trace_id: str) -> str | None:

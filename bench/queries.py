@@ -22,8 +22,8 @@ from pathlib import Path
 import duckdb
 
 from analytics import queries
+from analytics.connection import connect
 from analytics.schema import migrate
-from analytics.store import connect
 
 DAY_START = datetime(2026, 11, 1, tzinfo=UTC).replace(tzinfo=None)
 

@@ -392,32 +392,36 @@ def _model_db(p: argparse.ArgumentParser) -> None:
     )
 
 
+#: what each error ends the process with; the first matching class wins (subclasses first)
+EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
+    (DemoUnreachable, EXIT_FAILURE),
+    (DemoError, EXIT_USAGE),
+    (AppPortError, EXIT_FAILURE),
+    (ReplayError, EXIT_FAILURE),
+    (tools.ToolError, EXIT_USAGE),
+)
+
+
+def exit_code(exc: Exception) -> int | None:
+    """The exit code for an error a person can act on (None: not one of ours)."""
+    if isinstance(exc, StartError):
+        return exc.exit_code
+    if isinstance(exc, ClientError):
+        return EXIT_USAGE if isinstance(exc, QueryFailed) and exc.status in (400, 403) else EXIT_FAILURE
+    return next((code for kind, code in EXIT_CODES if isinstance(exc, kind)), None)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         code = args.func(args)
-    except StartError as exc:
-        print(f"coordstate: {exc}", file=sys.stderr)
-        code = exc.exit_code
-    except ClientError as exc:
-        print(f"coordstate: {exc}", file=sys.stderr)
-        code = EXIT_USAGE if isinstance(exc, QueryFailed) and exc.status in (400, 403) else EXIT_FAILURE
-    except DemoUnreachable as exc:
-        print(f"coordstate: {exc}", file=sys.stderr)
-        code = EXIT_FAILURE
-    except DemoError as exc:
-        print(f"coordstate: {exc}", file=sys.stderr)
-        code = EXIT_USAGE
-    except AppPortError as exc:
-        print(f"coordstate: {exc}", file=sys.stderr)
-        code = EXIT_FAILURE
-    except ReplayError as exc:
-        print(f"coordstate: {exc}", file=sys.stderr)
-        code = EXIT_FAILURE
-    except tools.ToolError as exc:
-        print(f"coordstate: {exc}", file=sys.stderr)
-        code = EXIT_USAGE
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:
+        known = exit_code(exc)
+        if known is None:
+            raise
+        print(f"coordstate: {exc}", file=sys.stderr)
+        code = known
     sys.exit(code)

@@ -13,9 +13,11 @@ without candidates — only matched spans are ever stored.
 from __future__ import annotations
 
 import difflib
+import multiprocessing
 import tempfile
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,9 @@ import pyarrow as pa
 
 from analytics.client import query_file
 from collector.replay import replay
-from collector.traffic import Traffic, read_traffic
+from collector.traffic import read_traffic
 from processors.matching import CompiledModel, name_pattern
-from processors.model import MatchSpec, StepSpec, WorkflowSpec, matchers
+from processors.model import MatchSpec, ModelFile, StepSpec, WorkflowSpec, matchers
 
 Fetch = Callable[[str], pa.Table]
 CANDIDATES = 3
@@ -97,7 +99,7 @@ def describe(match: MatchSpec) -> str:
     return f"{match.service or '*'} / {what}"
 
 
-def _nearest(step: StepSpec, traffic: Traffic) -> list[Candidate]:
+def _nearest(step: StepSpec, traffic: TrafficSummary) -> list[Candidate]:
     """Spans or events seen, ranked by how close their name is to the step's matchers."""
     scored: list[tuple[float, Candidate]] = []
     for match in matchers(step):
@@ -121,7 +123,7 @@ def _nearest(step: StepSpec, traffic: Traffic) -> list[Candidate]:
     return out
 
 
-def _step_counts(model: CompiledModel, wf: WorkflowSpec, traffic: Traffic) -> dict[str, tuple[int, int]]:
+def _step_counts(model: CompiledModel, wf: WorkflowSpec, traffic: TrafficSummary) -> dict[str, tuple[int, int]]:
     counts = {s.name: [0, 0] for s in wf.steps}
     for (service, name), n in traffic.span_names.items():
         for step in model.span_steps(service, name):
@@ -145,18 +147,54 @@ def _outcomes(fetch: Fetch, workflow: str) -> tuple[dict[str, int], dict[str, in
     return statuses, kinds, int(row["business"] or 0), int(row["fallback"] or 0)
 
 
-def fit_files(model: CompiledModel, files: list[Path], source: str) -> FitReport:
+@dataclass
+class TrafficSummary:
+    """What fit needs of the files, small enough to come back from another process."""
+
+    spans: int
+    traces: int
+    span_names: Counter[tuple[str, str]]
+    event_names: Counter[tuple[str, str]]
+    #: workflow → (service, span name) → spans of keyed traces that no step of it matches
+    unmatched: dict[str, Counter[tuple[str, str]]]
+
+
+def summarize_traffic(model_file: ModelFile, files: list[Path]) -> TrafficSummary:
+    """One pass over the files (run in a process of its own, beside the replay)."""
+    model = CompiledModel(model_file)
     keys = [a for wf in model.workflows.values() for a in wf.key.attributes]
     traffic = read_traffic(files, keys)
-    with tempfile.TemporaryDirectory(prefix="coordstate-fit-") as tmp:
-        db = Path(tmp) / "fit.duckdb"
-        replay(files, model, db, progress=False, settle=True)
-        fetch: Fetch = lambda sql: query_file(db, sql)  # noqa: E731
-        workflows = [_workflow_fit(model, wf, traffic, fetch) for wf in model.workflows.values()]
-    return FitReport(source, traffic.spans, len(traffic.traces), workflows)
+    unmatched: dict[str, Counter[tuple[str, str]]] = {}
+    for wf in model.workflows.values():
+        keyed = traffic.keyed_traces(wf.key.attributes)
+        counts: Counter[tuple[str, str]] = Counter()
+        for trace, service, name in traffic.names_by_trace:
+            if trace in keyed and not any(s.workflow == wf.name for s in model.span_steps(service, name)):
+                counts[(service, name)] += 1
+        unmatched[wf.name] = counts
+    return TrafficSummary(traffic.spans, len(traffic.traces), traffic.span_names, traffic.event_names, unmatched)
 
 
-def _workflow_fit(model: CompiledModel, wf: WorkflowSpec, traffic: Traffic, fetch: Fetch) -> WorkflowFit:
+def fit_files(model: CompiledModel, files: list[Path], source: str) -> FitReport:
+    # the files are read twice at once: for names and counts in another process, and replayed here
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = pool.submit(summarize_traffic, model.model, files)
+        with tempfile.TemporaryDirectory(prefix="coordstate-fit-") as tmp:
+            db = Path(tmp) / "fit.duckdb"
+            replay(files, model, db, progress=False, settle=True)
+            fetch: Fetch = lambda sql: query_file(db, sql)  # noqa: E731
+            outcomes = {name: _outcomes(fetch, name) for name in model.workflows}
+        traffic = pending.result()
+    workflows = [_workflow_fit(model, wf, traffic, outcomes[wf.name]) for wf in model.workflows.values()]
+    return FitReport(source, traffic.spans, traffic.traces, workflows)
+
+
+def _workflow_fit(
+    model: CompiledModel,
+    wf: WorkflowSpec,
+    traffic: TrafficSummary,
+    outcomes: tuple[dict[str, int], dict[str, int], int, int],
+) -> WorkflowFit:
     counts = _step_counts(model, wf, traffic)
     steps = []
     for step in wf.steps:
@@ -165,15 +203,10 @@ def _workflow_fit(model: CompiledModel, wf: WorkflowSpec, traffic: Traffic, fetc
         if spans + events == 0:
             fit.candidates = _nearest(step, traffic)
         steps.append(fit)
-    keyed = traffic.keyed_traces(wf.key.attributes)
-    unmatched: Counter[tuple[str, str]] = Counter()
-    for trace, service, name in traffic.names_by_trace:
-        if trace in keyed and not any(s.workflow == wf.name for s in model.span_steps(service, name)):
-            unmatched[(service, name)] += 1
-    statuses, kinds, business, fallback = _outcomes(fetch, wf.name)
+    statuses, kinds, business, fallback = outcomes
     return WorkflowFit(
         wf.name, sum(statuses.values()), business, fallback, statuses, kinds, steps,
-        [Candidate(s, n, "span", c) for (s, n), c in unmatched.most_common(UNMATCHED_SHOWN)],
+        [Candidate(s, n, "span", c) for (s, n), c in traffic.unmatched[wf.name].most_common(UNMATCHED_SHOWN)],
     )  # fmt: skip
 
 

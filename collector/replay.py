@@ -11,7 +11,7 @@ Determinism: the clock is the event-time watermark (the latest span end seen, mi
 ``watermark.lateness``, exactly as when serving), the writer never ticks on its own, and requests
 are committed in groups of ``REPLAY_BATCH_RECORDS`` matched spans, each followed by one tick.
 (The group size changes no result: when a condition began and ended is read from the
-transitions, not from the ticks; see ``analytics/rules.py``.) The same files therefore
+transitions, not from the ticks; see ``processors/rules.py``.) The same files therefore
 always give the same tables, and a collector's file whose services' batches sit out of order by
 up to ``lateness`` gives what an ordered one gives. At the end everything has been seen: the
 clock moves to the latest event time plus the longest ``key.wait``, so that buffered spans are
@@ -34,7 +34,6 @@ from collector.decode import PayloadError, WireRequest, decode_request, parse_js
 from processors.clock import EventTimeClock
 from processors.matching import CompiledModel
 from processors.types import SpanRecord
-
 
 #: matched spans committed together (one commit and one tick per group: a tick per request made a
 #: replay of a million per-service batches spend most of its time in commits)

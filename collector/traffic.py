@@ -7,6 +7,7 @@ receivers' lean wire view, so attributes are only parsed when a tool needs them.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ class Traffic:
 
 def _spans(request: WireRequest) -> Iterator[tuple[str, Any, Any]]:
     for resource, scopes in request.resources:
-        service = _service(resource)
+        service = sys.intern(_service(resource))
         for _, scope in scopes:
             for sp in scope.spans:
                 yield service, resource, sp
@@ -72,8 +73,9 @@ def _count(out: Traffic, service: str, resource: Any, sp: Any, needles: dict[byt
     trace = bytes(sp.trace_id)
     out.spans += 1
     out.traces.add(trace)
-    out.span_names[(service, sp.name)] += 1
-    out.names_by_trace.append((trace, service, sp.name))
+    name = sys.intern(sp.name)  # a million spans share a few hundred names
+    out.span_names[(service, name)] += 1
+    out.names_by_trace.append((trace, service, name))
     for ev in sp.events:
         out.event_names[(service, ev.name)] += 1
     if sp.links:

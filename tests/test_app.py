@@ -38,7 +38,7 @@ def page(name: str, **query: str) -> AppTest:
         at.query_params[k] = v
     at.run()
     if name != "overview":
-        at.switch_page(f"pages/{name}.py")
+        at.switch_page(f"views/{name}.py")
         at.run()
     assert not at.exception, at.exception
     return at

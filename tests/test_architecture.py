@@ -66,3 +66,67 @@ def test_only_the_cli_exits_the_process() -> None:
         if "sys.exit(" in text or "os._exit(" in text:
             offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+OUR_PACKAGES = {"collector", "processors", "analytics", "app", "demo"}
+
+
+def our_imports(path: Path) -> set[str]:
+    """Full module names of our own packages that ``path`` imports."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.split(".")[0] in OUR_PACKAGES)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] in OUR_PACKAGES:  # `from analytics import queries` is analytics.queries
+                names.update(
+                    f"{node.module}.{a.name}" if node.module in OUR_PACKAGES else node.module for a in node.names
+                )
+    return names
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "app").rglob("*.py")), ids=lambda p: p.name)
+def test_the_app_reads_only_through_the_client_and_its_queries(path: Path) -> None:
+    allowed = {"analytics.client", "analytics.queries", "analytics.examples"}  # the examples are named queries too
+    assert {m for m in our_imports(path) if not m.startswith("app")} <= allowed
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "analytics").rglob("*.py")), ids=lambda p: p.name)
+def test_analytics_never_imports_the_collector(path: Path) -> None:
+    assert not {m for m in our_imports(path) if m.split(".")[0] == "collector"}
+
+
+def _string_constants(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+    }  # fmt: skip
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
+
+
+#: the core's enums are the vocabulary; migrations are frozen SQL of their time
+VOCABULARY_HOMES = {"processors/types.py", "processors/rules.py", "analytics/schema.py"}
+
+
+def test_statuses_and_anomaly_kinds_are_never_retyped_as_strings() -> None:
+    from processors.rules import Severity
+    from processors.types import AnomalyKind, InstanceStatus
+
+    words = {s.value for s in InstanceStatus} | {k.value for k in AnomalyKind} | {s.value for s in Severity}
+    words -= {"failed", "running", "warning"}  # also step states, ordinary words, a log level
+    copies = []
+    for package in ("collector", "processors", "analytics", "app"):  # demo/: its scenario names are its own
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = str(path.relative_to(ROOT))
+            if rel in VOCABULARY_HOMES:
+                continue
+            copies += [f"{rel}:{line}: {value!r}" for line, value in _string_constants(path) if value in words]
+    assert copies == []

@@ -111,3 +111,36 @@ def test_overview_and_alerts_render_in_chromium(ui: str, tmp_path: Path) -> None
             browser.close()
     for shot in (overview, alerts, board):
         assert shot.stat().st_size > 10_000
+
+
+def test_a_board_row_opens_its_instance_with_24_hour_utc_axes(ui: str, tmp_path: Path) -> None:
+    """Selecting a row opens that instance's page, its key in the URL; the timeline's axis says
+    UTC and reads like a clock (08:53:20.300), not like bare fractions (.800)."""
+    import re
+
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{ui}/board")
+            page.get_by_text("Select a row to open its instance.").wait_for(timeout=60_000)
+            grid = page.locator('[data-testid="stDataFrame"]').first
+            grid.locator("canvas").first.wait_for(state="visible", timeout=60_000)
+            box = grid.bounding_box()
+            assert box is not None
+            page.mouse.click(box["x"] + 12, box["y"] + 35 + 17)  # the first row's selection box
+            page.wait_for_url(re.compile(r"/instance\?key=order-\d+"), timeout=60_000)
+            key = page.url.rsplit("key=", 1)[1]
+            page.get_by_role("heading", name="Instance").wait_for(timeout=60_000)
+            page.locator('[data-testid="stVegaLiteChart"] svg').first.wait_for(state="visible", timeout=60_000)
+            labels = page.locator('[data-testid="stVegaLiteChart"] svg text').all_text_contents()
+            shoot(page, "instance", tmp_path)
+        finally:
+            browser.close()
+    assert key.startswith("order-")
+    assert "time (UTC)" in labels
+    ticks = [t for t in labels if re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}", t)]
+    assert ticks, labels
+    assert not [t for t in labels if re.fullmatch(r"\.\d{3}", t)]

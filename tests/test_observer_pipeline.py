@@ -235,3 +235,20 @@ def test_no_duplicate_open_anomalies(run: Run) -> None:
     )
     assert counts == [("missing_step", 1), ("stalled", 1)]
     assert query_live(run.service.store, "SELECT open_anomalies FROM instances WHERE instance_key = 'o-once'") == [(2,)]
+
+
+def test_a_late_step_that_arrived_before_its_deadline_was_judged_is_still_recorded(run: Run) -> None:
+    """The payment completed at 12 s, after its 10 s deadline, but its span arrived while the clock
+    (the watermark) was at 5 s: the re-fold due at 10 s records the lateness as history."""
+    order = SCENARIOS["slow-payment"]("o-early")
+    run.clock.set(T0 + 5 * SECOND)
+    root = run.emitter.emit(order, T0)
+    run.emitter.emit_late(order, T0, root)  # everything is in before the deadline is judged
+    run.service.store.tick_now()
+    assert run.anomalies("o-early") == []
+    assert run.status("o-early") == "converged"
+    run.at(11)
+    rows = run.anomalies("o-early")
+    assert [(r[0], r[1], str(r[3]), str(r[4])) for r in rows] == [
+        ("missing_step", "payment", "2025-10-09 08:53:30", "2025-10-09 08:53:32")
+    ]

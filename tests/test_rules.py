@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from analytics.rules import findings
 from processors.fold import fold
 from processors.model import parse_model
+from processors.rules import findings
 from processors.types import AnomalyKind, StepState, Transition
 from tests.helpers import SECOND, T0, orders_model, tr
 

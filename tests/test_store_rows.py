@@ -14,9 +14,10 @@ import pyarrow as pa
 import pytest
 
 from analytics import rows
+from analytics.connection import ROW_GROUP_SIZE
 from analytics.persist import insert
 from analytics.schema import migrate
-from analytics.store import ROW_GROUP_SIZE, Store
+from analytics.store import Store
 from processors.clock import ManualClock
 from processors.types import SpanEvent, SpanLink, SpanRecord
 from tests.conftest import query

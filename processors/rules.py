@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from processors.fold import Evidence, InstanceState
 from processors.model import WorkflowSpec, format_duration
-from processors.types import COHERENT_STATUSES, AnomalyKind, InstanceStatus, StepState
+from processors.types import COHERENT_STATUSES, TERMINAL_STATUSES, AnomalyKind, InstanceStatus, StepState
 
 
 class Severity(enum.StrEnum):
@@ -109,6 +109,30 @@ def _action(
         return default
     fields = {"workflow": wf.name, "key": key, "step": step, "detail": detail, "evidence": evidence}
     return string.Formatter().vformat(template, (), fields)
+
+
+def due_times(wf: WorkflowSpec, state: InstanceState) -> list[int]:
+    """Every event time at which this instance's status or findings may change with no new
+    transition: the one place that says when an instance is next due (the store schedules a
+    re-fold at each; a new timed rule adds its time here, or it never fires between transitions).
+
+    The fold's own timers (deadline, failure + grace) are among them; a finished instance with
+    nothing failed keeps only the times of rules about its past (a step that completed after its
+    deadline is judged once the watermark reaches that deadline).
+    """
+    out: list[int] = []
+    start = state.started_at_ns
+    if state.status not in TERMINAL_STATUSES or state.first_failure_ns is not None:
+        out.append(start + wf.deadline)
+        if state.first_failure_ns is not None:
+            out.append(state.first_failure_ns + wf.grace)
+    for step in wf.steps:
+        if step.deadline is not None and not step.optional:
+            done = _completed_at(state, step.name)
+            if done is None or done > start + step.deadline:
+                out.append(start + step.deadline)
+    out.extend(v.at.time_ns + wf.grace for v in state.violations if v.requirement_ns is None)
+    return out
 
 
 def findings(wf: WorkflowSpec, state: InstanceState, now_ns: int) -> list[Finding]:

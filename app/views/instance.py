@@ -9,7 +9,6 @@ import pandas as pd
 import streamlit as st
 
 from analytics import queries
-from analytics.queries import literal
 from app.data import guarded, source, trace_link
 
 src = source()
@@ -44,27 +43,29 @@ c[3].metric("Time to coherent end", f"{took:.2f} s" if took is not None else "â€
 transitions = guarded(
     queries.instance_transitions(workflow, key, inst["started_at"].to_pydatetime(), inst["updated_at"].to_pydatetime())
 )
-spans = guarded(
-    "SELECT service, name, steps, start_time, end_time, status, trace_id, span_id, disposition FROM spans "
-    f"WHERE workflow = {literal(workflow)} AND instance_key = {literal(key)} ORDER BY start_time"
-)
+spans = guarded(queries.instance_spans(workflow, key))
 anomalies = guarded(queries.instance_anomalies(workflow, key))
 history = guarded(queries.instance_history(workflow, key))
 
 st.subheader("Timeline")
+#: one x encoding for both layers (one axis): a 24-hour clock with milliseconds, in UTC
+TIME = alt.X(
+    "time:T", title=queries.TIME_TITLE, scale=alt.Scale(type="utc"),
+    axis=alt.Axis(format=queries.TIME_FORMAT + ".%L", labelOverlap="greedy", tickCount=5, labelFlush=True),
+)  # fmt: skip
 layers = []
 if not spans.empty:
     spans["step"] = [", ".join(s) for s in spans["steps"]]
     layers.append(
-        alt.Chart(spans).mark_bar(opacity=0.35, height=14).encode(
-            x=alt.X("start_time:T", title=None), x2="end_time:T", y=alt.Y("step:N", title=None),
+        alt.Chart(spans.assign(time=spans["start_time"])).mark_bar(opacity=0.35, height=14).encode(
+            x=TIME, x2="end_time:T", y=alt.Y("step:N", title=None),
             tooltip=["service", "name", "status", "trace_id", "span_id"],
         )
     )  # fmt: skip
 if not transitions.empty:
     layers.append(
-        alt.Chart(transitions).mark_point(filled=True, size=90).encode(
-            x="event_time:T", y="step:N", color=alt.Color("state:N"), shape="state:N",
+        alt.Chart(transitions.assign(time=transitions["event_time"])).mark_point(filled=True, size=90).encode(
+            x=TIME, y="step:N", color=alt.Color("state:N"), shape="state:N",
             tooltip=["event_time", "step", "state", "service", "span_id"],
         )
     )  # fmt: skip
@@ -78,7 +79,13 @@ end = max(
     *(t.to_pydatetime() for t in anomalies["opened_at"]),
     start + timedelta(milliseconds=1),
 )
-as_of = st.slider("Replay the instance up to", min_value=start, max_value=end, value=end, format="HH:mm:ss.SSS")
+# a datetime slider steps by a day unless told otherwise: over a few seconds the handle snapped to
+# the left end while the value (and the caption) said the last moment
+step = max(timedelta(milliseconds=1), (end - start) / 500)
+as_of = st.slider(
+    "Replay the instance up to (UTC)", min_value=start, max_value=end, value=end, step=step,
+    format="HH:mm:ss.SSS", key=f"as_of_{key}",
+)  # fmt: skip
 hist = history[(history["valid_from"] <= as_of) & (history["valid_to"].isna() | (history["valid_to"] > as_of))]
 st.write(f"Status at {as_of:%H:%M:%S.%f}"[:-3] + f": **{hist.iloc[0]['status'] if not hist.empty else 'not started'}**")
 seen = transitions[transitions["event_time"] <= pd.Timestamp(as_of)]

@@ -7,13 +7,9 @@ import pandas as pd
 import streamlit as st
 
 from analytics import queries
-from analytics.queries import literal
-from app.data import EMPTY_STATE, REFRESH_S, guarded, source
+from app.data import EMPTY_STATE, REFRESH_S, guarded, open_selected, source
 
-STATE_COLORS = alt.Scale(
-    domain=["completed", "started", "failed", "compensated", "pending"],
-    range=["#2e7d32", "#64b5f6", "#e53935", "#8e24aa", "#e0e0e0"],
-)
+STATE_COLORS = alt.Scale(domain=list(queries.STATE_COLORS), range=list(queries.STATE_COLORS.values()))
 
 src = source()
 st.title("Board")
@@ -26,28 +22,18 @@ only_anomalies = c3.checkbox("With open anomalies")
 limit = c4.selectbox("Show", [50, 100, 200, 500], index=1)
 
 
-def board_sql() -> str:
-    where = ["TRUE"]
-    if statuses:
-        where.append("status IN (" + ", ".join(literal(s) for s in statuses) + ")")
-    if key:
-        where.append(f"instance_key ILIKE {literal('%' + key + '%')}")
-    if only_anomalies:
-        where.append("open_anomalies > 0")
-    return (
-        "SELECT workflow, instance_key, status, open_anomalies, updated_at, "
-        "map_keys(steps) AS step_names, map_values(steps) AS step_states FROM instances "
-        f"WHERE {' AND '.join(where)} ORDER BY updated_at DESC LIMIT {int(limit)}"
-    )
-
-
 def matrix(rows: pd.DataFrame) -> pd.DataFrame:
     cells = []
-    for r in rows.itertuples():
-        states = dict(zip(r.step_names, r.step_states, strict=True))
+    for r in rows.to_dict("records"):
+        states = dict(zip(r["step_names"], r["step_states"], strict=True))
         for step in all_steps(rows):
             cells.append(
-                {"instance": r.instance_key, "status": r.status, "step": step, "state": states.get(step, "pending")}
+                {
+                    "instance": r["instance_key"],
+                    "status": r["status"],
+                    "step": step,
+                    "state": states.get(step, "pending"),
+                }
             )
     return pd.DataFrame(cells)
 
@@ -61,7 +47,7 @@ def all_steps(rows: pd.DataFrame) -> list[str]:
 
 @st.fragment(run_every=REFRESH_S if src.live else None)
 def board() -> None:
-    rows = guarded(board_sql())
+    rows = guarded(queries.board(statuses, key, only_anomalies, limit))
     if rows.empty:
         st.info(EMPTY_STATE if not (statuses or key or only_anomalies) else "No instance matches these filters.")
         return
@@ -79,11 +65,12 @@ def board() -> None:
         .properties(height=max(120, 24 * len(order)))
     )
     st.altair_chart(chart, width="stretch")
-    st.dataframe(
-        rows[["workflow", "instance_key", "status", "open_anomalies", "updated_at"]],
-        hide_index=True,
-        width="stretch",
+    st.caption("Select a row to open its instance.")
+    table = rows[["workflow", "instance_key", "status", "open_anomalies", "updated_at"]]
+    picked = st.dataframe(
+        table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key="board_rows"
     )
+    open_selected(table, picked)
 
 
 board()

@@ -17,6 +17,8 @@ BUCKETS = {
 }
 
 src = source()
+#: window starts on a 24-hour clock, in UTC (the stored times are UTC), said on the axis
+TIME_X = alt.X("window_start:T", title=queries.TIME_TITLE, scale=alt.Scale(type="utc"), axis=alt.Axis(format="%H:%M"))
 st.title("Convergence")
 st.caption("Per workflow and time window of instance start. " + src.describe())
 bucket = st.selectbox("Window", list(BUCKETS), index=0)
@@ -41,15 +43,15 @@ def charts() -> None:
     st.subheader("Statuses per window")
     st.altair_chart(
         alt.Chart(long).mark_bar().encode(
-            x=alt.X("window_start:T", title=None), y=alt.Y("instances:Q", stack="zero"),
+            x=TIME_X, y=alt.Y("instances:Q", stack="zero"),
             color=alt.Color("status:N", scale=alt.Scale(domain=list(queries.STATUS_COLORS), range=list(queries.STATUS_COLORS.values()))),
             tooltip=["workflow", "window_start", "status", "instances"],
         ),
         width="stretch",
     )  # fmt: skip
     st.subheader("Convergence rate and backlog")
-    conv["backlog"] = conv["running"] + conv["stalled"]
-    base = alt.Chart(conv).encode(x=alt.X("window_start:T", title=None))
+    conv["backlog"] = conv[list(queries.BACKLOG)].sum(axis=1)
+    base = alt.Chart(conv).encode(x=TIME_X)
     st.altair_chart(
         alt.layer(
             base.mark_line(point=True).encode(
@@ -68,7 +70,7 @@ def charts() -> None:
     )
     st.altair_chart(
         alt.Chart(quant.dropna()).mark_line(point=True).encode(
-            x=alt.X("window_start:T", title=None), y="seconds:Q", color="quantile:N", strokeDash="workflow:N",
+            x=TIME_X, y="seconds:Q", color="quantile:N", strokeDash="workflow:N",
             tooltip=["workflow", "window_start", "quantile", "seconds"],
         ),
         width="stretch",

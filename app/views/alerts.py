@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import streamlit as st
 
-from analytics.queries import KINDS, literal
-from app.data import REFRESH_S, guarded, source, trace_link
+from analytics import queries
+from analytics.queries import KINDS
+from app.data import REFRESH_S, guarded, open_selected, source, trace_link
 
 src = source()
 st.title("Alerts")
@@ -14,32 +17,12 @@ st.caption(src.describe())
 c1, c2, c3 = st.columns([1, 2, 1])
 show = c1.radio("Show", ["Open", "Resolved", "All"], horizontal=True)
 kinds = c2.multiselect("Kind", list(KINDS), placeholder="any kind")
-severity = c3.multiselect("Severity", ["critical", "warning"], placeholder="any severity")
-
-
-def alerts_sql() -> str:
-    where = ["TRUE"]
-    if show == "Open":
-        where.append("resolved_at IS NULL")
-    elif show == "Resolved":
-        where.append("resolved_at IS NOT NULL")
-    if kinds:
-        where.append("kind IN (" + ", ".join(literal(k) for k in kinds) + ")")
-    if severity:
-        where.append("severity IN (" + ", ".join(literal(s) for s in severity) + ")")
-    return (
-        "SELECT severity, kind, workflow, instance_key, step, message, suggested_action, opened_at, resolved_at, "
-        "epoch(coalesce(resolved_at, now()::TIMESTAMP) - opened_at) AS age_seconds, "
-        "epoch(resolved_at - opened_at) AS healed_after_seconds, "
-        "evidence[1].trace_id AS trace_id "
-        f"FROM anomalies WHERE {' AND '.join(where)} "
-        "ORDER BY resolved_at IS NOT NULL, severity, opened_at DESC LIMIT 1000"
-    )
+severity = c3.multiselect("Severity", list(queries.SEVERITIES), placeholder="any severity")
 
 
 @st.fragment(run_every=REFRESH_S if src.live else None)
 def alerts() -> None:
-    rows = guarded(alerts_sql())
+    rows = guarded(queries.alerts(show, kinds, severity))
     if rows.empty:
         st.success("No anomalies match." if kinds or severity or show != "Open" else "No open anomalies.")
         return
@@ -50,7 +33,7 @@ def alerts() -> None:
     healed = rows["healed_after_seconds"].dropna()
     cols[2].metric("Median time to heal", f"{healed.median():.1f} s" if not healed.empty else "—")
     rows["trace"] = [trace_link(t) if isinstance(t, str) else None for t in rows["trace_id"]]
-    column_config: dict[str, object] = {
+    column_config: dict[str, Any] = {
         "suggested_action": st.column_config.TextColumn("suggested action", width="large"),
         "message": st.column_config.TextColumn("message", width="large"),
         "age_seconds": st.column_config.NumberColumn("age (s)", format="%.1f"),
@@ -59,7 +42,10 @@ def alerts() -> None:
     if src.trace_url:
         column_config["trace"] = st.column_config.LinkColumn("trace", display_text="open trace")
     visible = [c for c in rows.columns if c != "trace_id" and (c != "trace" or src.trace_url)]
-    st.dataframe(pd.DataFrame(rows[visible]), hide_index=True, width="stretch", column_config=column_config)
+    table = pd.DataFrame(rows[visible])
+    picked = st.dataframe(table, hide_index=True, width="stretch", column_config=column_config,
+                          on_select="rerun", selection_mode="single-row", key="alert_rows")  # fmt: skip
+    open_selected(table, picked)
     if not src.trace_url:
         st.caption(
             "Set a trace link template (`coordstate ui --trace-url 'http://jaeger:16686/trace/{trace_id}'`) to jump to the evidence."
