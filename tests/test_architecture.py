@@ -79,10 +79,10 @@ def our_imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names if a.name.split(".")[0] in OUR_PACKAGES)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module.split(".")[0] in OUR_PACKAGES:  # `from analytics import queries` is analytics.queries
-                names.update(
-                    f"{node.module}.{a.name}" if node.module in OUR_PACKAGES else node.module for a in node.names
-                )
+            package = node.module.split(".")[0]
+            # `from analytics import queries` imports analytics.queries
+            found = [f"{node.module}.{a.name}" if node.module == package else node.module for a in node.names]
+            names.update(found if package in OUR_PACKAGES else [])
     return names
 
 
