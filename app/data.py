@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from analytics.client import DEFAULT_API_URL, ClientError, fetch_metrics, query_api, query_file
+from analytics.read.client import DEFAULT_API_URL, ClientError, fetch_metrics, query_api, query_file
 
 REFRESH_S = 5
 

@@ -295,8 +295,8 @@ def drive(
 
 def seed_database(db: Path, transitions: int) -> None:
     """A database as a server finds it after a day of traffic (the query benchmark's seed)."""
-    from analytics.connection import connect
-    from analytics.schema import migrate
+    from analytics.write.connection import connect
+    from analytics.write.schema import migrate
 
     sys.path.insert(0, str(ROOT / "bench"))
     from queries import SEED  # bench/queries.py

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import duckdb
 
-from analytics import queries
-from analytics.connection import connect
-from analytics.schema import migrate
+from analytics.read import queries
+from analytics.write.connection import connect
+from analytics.write.schema import migrate
 
 DAY_START = datetime(2026, 11, 1, tzinfo=UTC).replace(tzinfo=None)
 

@@ -1,4 +1,9 @@
-"""The ``coordstate`` command line. The only place in coordstate that exits the process."""
+"""The ``coordstate`` command line. The only place in coordstate that exits the process.
+
+(Over 400 lines on purpose: the parser of every serving command with all its options — the
+README's reference, kept in step by tests/test_docs.py — and their handlers; the tools' commands
+live in collector/tools.py.)
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,8 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from analytics.client import DEFAULT_API_URL, ApiUnavailable, ClientError, QueryFailed, query_api, query_file
-from analytics.http import is_port, split_address
+from analytics.common.http import is_port, split_address
+from analytics.read.client import DEFAULT_API_URL, ApiUnavailable, ClientError, QueryFailed, query_api, query_file
 from collector import tools
 from collector.render import render
 from collector.replay import ReplayError, replay
@@ -27,12 +32,13 @@ from collector.service import (
     Service,
     StartError,
     load_compiled,
+    read_model,
     resolve_model,
 )
 from collector.summary import summarize
 from collector.ui import DEFAULT_UI_PORT, AppPortError, app_port, start_ui, stop_ui, ui_env
 from demo.shop import SCENARIOS, DemoError, DemoUnreachable, parse_scenarios, run_demo
-from processors.model import ModelError, load_model
+from processors.model import ModelError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -60,7 +66,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for path in args.models:
         try:
-            model = load_model(path)
+            model, _ = read_model(path)
         except ModelError as exc:
             for problem in exc.problems:
                 print(f"{path}: {problem}", file=sys.stderr)

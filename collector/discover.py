@@ -17,6 +17,8 @@
    something (refund, cancel, …), is proposed as a comment for a person to confirm.
 
 The aggregation runs in an in-memory DuckDB; files are read twice when no ``--key`` is given.
+(Over 400 lines on purpose: one algorithm in stages that share that database and its SQL, and
+the model file it writes; each stage is a function of its own.)
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from analytics.client import query_file
+from analytics.read.client import query_file
 from collector.replay import replay
 from collector.traffic import read_traffic
 from processors.matching import CompiledModel, name_pattern

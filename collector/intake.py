@@ -19,8 +19,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from analytics.store import Store, StoreUnavailable
-from analytics.telemetry import Telemetry
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from analytics.common.telemetry import Telemetry
+from analytics.write.store import Store, StoreUnavailable
 from collector.decode import PayloadError, WireRequest
 from collector.decoders import Decoders, DecoderUnavailable
 from processors.matching import CompiledModel
@@ -56,6 +58,14 @@ class Outcome:
     received: int
     rejected: int
     error_message: str
+
+    def response(self) -> ExportTraceServiceResponse:
+        """The OTLP answer both receivers send: partial success when spans were rejected."""
+        response = ExportTraceServiceResponse()
+        if self.rejected:
+            response.partial_success.rejected_spans = self.rejected
+            response.partial_success.error_message = self.error_message
+        return response
 
 
 class Admission:

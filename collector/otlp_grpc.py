@@ -8,7 +8,6 @@ and ``so_reuseport`` off so a taken port fails loudly at start-up.
 
 from __future__ import annotations
 
-import hmac
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,6 +16,7 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from analytics.common.http import token_ok
 from collector.decode import parse_protobuf
 from collector.intake import Intake, IntakeError, Overloaded, PayloadError, Unavailable
 
@@ -42,14 +42,9 @@ class _Handler:
         self.token = token
 
     def export(self, payload: bytes, context: Any) -> ExportTraceServiceResponse:
-        if self.token is not None:
-            sent = dict(context.invocation_metadata()).get("authorization", "")
-            if not hmac.compare_digest(sent.encode(), f"Bearer {self.token}".encode()):
-                self.intake.telemetry.add("requests_unauthenticated")
-                context.abort(
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    "missing or wrong bearer token in 'authorization'",
-                )
+        if not token_ok(self.token, dict(context.invocation_metadata()).get("authorization", "")):
+            self.intake.telemetry.add("requests_unauthenticated")
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token in 'authorization'")
         try:
             outcome = self.intake.accept(payload, parse_protobuf)
         except (Overloaded, Unavailable) as exc:
@@ -58,10 +53,7 @@ class _Handler:
         except PayloadError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
-        response = ExportTraceServiceResponse()
-        if outcome.rejected:
-            response.partial_success.rejected_spans = outcome.rejected
-            response.partial_success.error_message = outcome.error_message
+        response = outcome.response()
         return response
 
 

@@ -10,21 +10,18 @@ OTLP exporters (the specification's throttling codes).
 
 from __future__ import annotations
 
-import hmac
 import json
 import zlib
 from collections.abc import Callable
 
 from google.rpc import code_pb2, status_pb2
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceResponse,
-)
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from analytics.common.http import token_ok
 from collector.decode import WireRequest, parse_json, parse_protobuf
 from collector.intake import Admission, Intake, IntakeError, Overloaded, PayloadError, Unavailable
 
@@ -140,11 +137,9 @@ def build_app(intake: Intake, *, token: str | None = None, max_body_bytes: int =
                 f"unsupported Content-Type {ctype or '(none)'!r}: send {PROTOBUF} or {JSON}",
                 PROTOBUF,
             )
-        if token is not None:
-            sent = request.headers.get("authorization", "")
-            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-                intake.telemetry.add("requests_unauthenticated")
-                return _error(401, "missing or wrong bearer token in the Authorization header", ctype)
+        if not token_ok(token, request.headers.get("authorization", "")):
+            intake.telemetry.add("requests_unauthenticated")
+            return _error(401, "missing or wrong bearer token in the Authorization header", ctype)
         held = _Held(intake.admission)
         try:
             body = await _read_body(request, max_body_bytes, held)
@@ -173,10 +168,7 @@ def build_app(intake: Intake, *, token: str | None = None, max_body_bytes: int =
             return _error(503, str(exc), ctype, retry_after=exc.retry_after_s)
         except IntakeError as exc:  # pragma: no cover - every subclass is handled above
             return _error(500, str(exc), ctype)
-        response = ExportTraceServiceResponse()
-        if outcome.rejected:
-            response.partial_success.rejected_spans = outcome.rejected
-            response.partial_success.error_message = outcome.error_message
+        response = outcome.response()
         if ctype == JSON:
             payload = {}
             if outcome.rejected:

@@ -8,7 +8,7 @@ import json
 
 import pyarrow as pa
 
-from analytics.api import table_to_json
+from analytics.read.formats import table_to_json
 
 MAX_CELL = 60
 

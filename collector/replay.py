@@ -28,8 +28,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from analytics.store import Store
-from analytics.telemetry import Telemetry
+from analytics.common.telemetry import Telemetry
+from analytics.write.store import Store
 from collector.decode import PayloadError, WireRequest, decode_request, parse_json, parse_protobuf
 from processors.clock import EventTimeClock
 from processors.matching import CompiledModel

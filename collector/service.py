@@ -13,11 +13,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from analytics.api import build_api
-from analytics.http import ListenError as HttpListenError
-from analytics.http import ThreadedServer
-from analytics.store import Store, StoreOpenError
-from analytics.telemetry import Telemetry
+from analytics.common.http import ListenError as HttpListenError
+from analytics.common.http import ThreadedServer
+from analytics.common.telemetry import Telemetry
+from analytics.read.api import build_api
+from analytics.write.store import Store, StoreOpenError
 from collector.decoders import Decoders, auto_workers
 from collector.intake import Admission, Intake
 from collector.otlp_grpc import GrpcReceiver, ListenError
@@ -25,7 +25,7 @@ from collector.otlp_http import build_app
 from processors.clock import Clock, EventTimeClock, WallClock
 from processors.health import DEFAULT_THRESHOLD
 from processors.matching import CompiledModel
-from processors.model import ModelError, load_model, parse_duration
+from processors.model import ModelError, ModelFile, ModelProblem, parse_duration, parse_model
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,18 @@ def resolve_model(path: str) -> str:
     return path
 
 
+def read_model(path: str | Path) -> tuple[ModelFile, str]:
+    """Read a model file once (the edge of the pure ``parse_model``): the model and its text."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelError(source, [ModelProblem("", f"cannot read the file: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise ModelError(source, [ModelProblem("", "the file is not UTF-8 text")]) from exc
+    return parse_model(text, source), text
+
+
 def load_compiled(path: str) -> CompiledModel:
     return load_source(path)[0]
 
@@ -123,10 +135,10 @@ def load_source(path: str) -> tuple[CompiledModel, str, str]:
     """The compiled model, and the text and path it came from (decoder processes compile the same)."""
     source = resolve_model(path)
     try:
-        model = load_model(source)
+        model, text = read_model(source)
     except ModelError as exc:
         raise BadModel(f"the model is not valid:\n{exc}") from exc
-    return CompiledModel(model), Path(source).read_text(encoding="utf-8"), source
+    return CompiledModel(model), text, source
 
 
 class Service:

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-from analytics.client import DEFAULT_API_URL, query_api, query_file
-from analytics.ocel import Fetch, ocel_document
+from analytics.read.client import DEFAULT_API_URL, query_api, query_file
+from analytics.read.ocel import Fetch, ocel_document
 from collector.discover import DiscoverError, discover, render_model
 from collector.fit import fit_files, fit_stored, render_fit
 from collector.service import DEFAULT_MODEL, load_compiled

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping
-from typing import NamedTuple
+from collections.abc import Callable, Hashable, Mapping
+from typing import NamedTuple, TypeVar
 
 from processors.model import MatchSpec, ModelFile, StepSpec, WorkflowSpec, matchers
 from processors.types import AttrValue, SpanEvent, SpanRecord, StepState
 
 _CACHE_LIMIT = 50_000
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 class _Pattern:
@@ -71,6 +73,18 @@ class _CompiledStep:
         return all(attrs.get(k) == v for k, v in self.attributes.items())
 
 
+def _cached(cache: dict[K, V], key: K, compute: Callable[[], V]) -> V:
+    """The one cache of matching: per distinct name, not per span; cleared when it grows past
+    _CACHE_LIMIT (names with ids in them would otherwise grow it without bound)."""
+    hit = cache.get(key)
+    if hit is None:
+        hit = compute()
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[key] = hit
+    return hit
+
+
 class CompiledModel:
     """The model, ready for the hot path. Immutable after construction; caches are internal."""
 
@@ -94,33 +108,19 @@ class CompiledModel:
 
     # -- questions the decoder asks, per span, before building a record -------------------
     def span_steps(self, service: str, name: str) -> tuple[_CompiledStep, ...]:
-        cache_key = (service, name)
-        hit = self._span_cache.get(cache_key)
-        if hit is None:
-            hit = tuple(s for s in self._span_steps if s.service(service) and s.span is not None and s.span(name))
-            if len(self._span_cache) >= _CACHE_LIMIT:
-                self._span_cache.clear()
-            self._span_cache[cache_key] = hit
-        return hit
+        return _cached(
+            self._span_cache, (service, name),
+            lambda: tuple(s for s in self._span_steps if s.service(service) and s.span is not None and s.span(name)),
+        )  # fmt: skip
 
     def event_steps(self, service: str, event: str) -> tuple[_CompiledStep, ...]:
-        cache_key = (service, event)
-        hit = self._event_cache.get(cache_key)
-        if hit is None:
-            hit = tuple(s for s in self._event_steps if s.service(service) and s.event is not None and s.event(event))
-            if len(self._event_cache) >= _CACHE_LIMIT:
-                self._event_cache.clear()
-            self._event_cache[cache_key] = hit
-        return hit
+        return _cached(
+            self._event_cache, (service, event),
+            lambda: tuple(s for s in self._event_steps if s.service(service) and s.event is not None and s.event(event)),
+        )  # fmt: skip
 
     def service_has_events(self, service: str) -> bool:
-        hit = self._service_cache.get(service)
-        if hit is None:
-            hit = any(s.service(service) for s in self._event_steps)
-            if len(self._service_cache) >= _CACHE_LIMIT:
-                self._service_cache.clear()
-            self._service_cache[service] = hit
-        return hit
+        return _cached(self._service_cache, service, lambda: any(s.service(service) for s in self._event_steps))
 
     # -- matching -----------------------------------------------------------------------
     def candidates(self, span: SpanRecord) -> list[Candidate]:

@@ -12,7 +12,6 @@ import re
 import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -209,18 +208,6 @@ class ModelError(Exception):
         self.source = source
         self.problems = tuple(problems)
         super().__init__("\n".join(f"{source}: {p}" for p in self.problems))
-
-
-def load_model(path: str | Path) -> ModelFile:
-    """Read and validate a model file; raise :class:`ModelError` listing every problem."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ModelError(source, [ModelProblem("", f"cannot read the file: {exc.strerror}")]) from exc
-    except UnicodeDecodeError as exc:
-        raise ModelError(source, [ModelProblem("", "the file is not UTF-8 text")]) from exc
-    return parse_model(text, source)
 
 
 def parse_model(text: str, source: str = "<model>") -> ModelFile:

@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from analytics.store import Store
+from analytics.write.store import Store
 from collector.service import ServeConfig, Service
 from tests.helpers import ORDERS_MODEL
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+from collector.service import read_model
 from processors.matching import CompiledModel
-from processors.model import ModelFile, load_model
+from processors.model import ModelFile
 from processors.types import AttrValue, SpanEvent, SpanLink, SpanRecord, StepState, Transition
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +20,7 @@ _ids = itertools.count(1)
 
 
 def orders_model() -> ModelFile:
-    return load_model(ORDERS_MODEL)
+    return read_model(ORDERS_MODEL)[0]
 
 
 def compiled_orders() -> CompiledModel:

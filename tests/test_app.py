@@ -8,7 +8,7 @@ import duckdb
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from analytics.schema import migrate
+from analytics.write.schema import migrate
 from tests.helpers import ROOT
 from tests.seed import seed
 

@@ -80,15 +80,20 @@ def our_imports(path: Path) -> set[str]:
             names.update(a.name for a in node.names if a.name.split(".")[0] in OUR_PACKAGES)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             package = node.module.split(".")[0]
-            # `from analytics import queries` imports analytics.queries
-            found = [f"{node.module}.{a.name}" if node.module == package else node.module for a in node.names]
+            # `from analytics.read import queries` imports analytics.read.queries
+            is_package = (ROOT / node.module.replace(".", "/")).is_dir()
+            found = [f"{node.module}.{a.name}" if is_package else node.module for a in node.names]
             names.update(found if package in OUR_PACKAGES else [])
     return names
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "app").rglob("*.py")), ids=lambda p: p.name)
 def test_the_app_reads_only_through_the_client_and_its_queries(path: Path) -> None:
-    allowed = {"analytics.client", "analytics.queries", "analytics.examples"}  # the examples are named queries too
+    allowed = {
+        "analytics.read.client",
+        "analytics.read.queries",
+        "analytics.read.examples",
+    }  # the examples are named queries too
     assert {m for m in our_imports(path) if not m.startswith("app")} <= allowed
 
 
@@ -113,7 +118,7 @@ def _string_constants(path: Path) -> list[tuple[int, str]]:
 
 
 #: the core's enums are the vocabulary; migrations are frozen SQL of their time
-VOCABULARY_HOMES = {"processors/types.py", "processors/rules.py", "analytics/schema.py"}
+VOCABULARY_HOMES = {"processors/types.py", "processors/rules.py", "analytics/write/schema.py"}
 
 
 def test_statuses_and_anomaly_kinds_are_never_retyped_as_strings() -> None:
@@ -130,3 +135,12 @@ def test_statuses_and_anomaly_kinds_are_never_retyped_as_strings() -> None:
                 continue
             copies += [f"{rel}:{line}: {value!r}" for line, value in _string_constants(path) if value in words]
     assert copies == []
+
+
+def test_readers_do_not_pull_in_the_server() -> None:
+    """The client and the CLI's renderer read results; they never import the query API (and with
+    it the server framework) for a constant or a helper."""
+    for rel in ("analytics/read/client.py", "collector/render.py", "analytics/read/formats.py"):
+        path = ROOT / rel
+        assert "analytics.read.api" not in our_imports(path), rel
+        assert not imports_of(path) & {"starlette", "uvicorn"}, rel

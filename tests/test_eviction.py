@@ -7,7 +7,7 @@ from pathlib import Path
 
 import duckdb
 
-from analytics.store import EVICT_AFTER_NS, Store
+from analytics.write.store import EVICT_AFTER_NS, Store
 from processors.clock import ManualClock
 from tests.conftest import query, query_live
 from tests.helpers import SECOND, T0, compiled_orders, order_spans, span, trace_id

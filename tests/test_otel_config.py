@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from processors.model import load_model
+from collector.service import read_model
 from tests.helpers import ROOT
 
 CONFIGS = ROOT / "otel-config"
@@ -59,4 +59,4 @@ def test_load_balancing_sketch_routes_by_trace() -> None:
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "models").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_models_load(path: Path) -> None:
-    assert load_model(path).workflows
+    assert read_model(path)[0].workflows

@@ -71,7 +71,7 @@ def test_readme_has_at_least_eight_worked_questions() -> None:
 
 
 def test_the_apps_examples_are_the_readmes() -> None:
-    from analytics.examples import EXAMPLES
+    from analytics.read.examples import EXAMPLES
 
     assert [(t, q.strip()) for t, q in EXAMPLES] == [(t, q.strip()) for t, q in readme_queries().items()]
 

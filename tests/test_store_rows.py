@@ -1,6 +1,6 @@
 """The Arrow tables the writer appends match their tables column for column, in order.
 
-``analytics.persist.insert`` appends by position (an Arrow C stream through a relation, the
+``analytics.write.persist.insert`` appends by position (an Arrow C stream through a relation, the
 cheapest path DuckDB offers), so a column out of order would land in the wrong column.
 """
 
@@ -13,11 +13,11 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from analytics import rows
-from analytics.connection import ROW_GROUP_SIZE
-from analytics.persist import insert
-from analytics.schema import migrate
-from analytics.store import Store
+from analytics.write import rows
+from analytics.write.connection import ROW_GROUP_SIZE
+from analytics.write.persist import insert
+from analytics.write.schema import migrate
+from analytics.write.store import Store
 from processors.clock import ManualClock
 from processors.types import SpanEvent, SpanLink, SpanRecord
 from tests.conftest import query

@@ -7,8 +7,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from analytics import queries
-from analytics.queries import KINDS
+from analytics.read import queries
+from analytics.read.queries import KINDS
 from app.data import REFRESH_S, guarded, open_selected, source, trace_link
 
 src = source()

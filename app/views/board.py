@@ -6,7 +6,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from analytics import queries
+from analytics.read import queries
 from app.data import EMPTY_STATE, REFRESH_S, guarded, open_selected, source
 
 STATE_COLORS = alt.Scale(domain=list(queries.STATE_COLORS), range=list(queries.STATE_COLORS.values()))

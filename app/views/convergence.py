@@ -5,7 +5,7 @@ from __future__ import annotations
 import altair as alt
 import streamlit as st
 
-from analytics import queries
+from analytics.read import queries
 from app.data import EMPTY_STATE, REFRESH_S, guarded, source
 
 BUCKETS = {

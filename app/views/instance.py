@@ -8,7 +8,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from analytics import queries
+from analytics.read import queries
 from app.data import guarded, source, trace_link
 
 src = source()

@@ -6,7 +6,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from analytics import queries
+from analytics.read import queries
 from app.data import EMPTY_STATE, REFRESH_S, DataError, guarded, metrics, query, source
 
 STATUS_COLORS = alt.Scale(domain=list(queries.STATUS_COLORS), range=list(queries.STATUS_COLORS.values()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analytics.examples import EXAMPLES
+from analytics.read.examples import EXAMPLES
 from app.data import DataError, query, source
 
 src = source()

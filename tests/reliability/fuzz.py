@@ -16,10 +16,11 @@ import atheris
 
 with atheris.instrument_imports():
     from collector.decode import PayloadError, decode_request, parse_json, parse_protobuf
+    from collector.service import read_model
     from processors.matching import CompiledModel
-    from processors.model import ModelError, load_model, parse_model
+    from processors.model import ModelError, parse_model
 
-MODEL = CompiledModel(load_model("otel-config/models/orders.yaml"))
+MODEL = CompiledModel(read_model("otel-config/models/orders.yaml")[0])
 
 
 def otlp_protobuf(data: bytes) -> None:

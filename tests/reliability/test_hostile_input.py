@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from analytics.sandbox import QueryError, run_query
-from analytics.schema import migrate
+from analytics.read.sandbox import QueryError, run_query
+from analytics.write.schema import migrate
 from collector import wire
 from collector.decode import PayloadError, decode_request, parse_json, parse_protobuf, to_json
 from collector.service import Service

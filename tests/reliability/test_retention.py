@@ -7,8 +7,8 @@ import statistics
 import time
 from pathlib import Path
 
-from analytics import store as store_module
-from analytics.store import Store
+from analytics.write import store as store_module
+from analytics.write.store import Store
 from processors.clock import ManualClock
 from processors.model import parse_duration
 from tests.conftest import query, query_live

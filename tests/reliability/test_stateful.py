@@ -12,7 +12,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from analytics.store import Store
+from analytics.write.store import Store
 from processors.clock import ManualClock
 from processors.types import SpanRecord
 from tests.conftest import query

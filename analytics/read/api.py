@@ -12,25 +12,22 @@ All errors share one shape: ``{"error": {"status": N, "message": "..."}}``.
 
 from __future__ import annotations
 
-import datetime as dt
-import hmac
 import json
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any
 
-import pyarrow as pa
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from analytics.queries import STATUSES
-from analytics.sandbox import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S, QueryError, run_query
-from analytics.telemetry import Telemetry, TelemetrySnapshot
+from analytics.common.http import token_ok
+from analytics.common.telemetry import Telemetry, TelemetrySnapshot
+from analytics.read.formats import ARROW_STREAM, table_to_arrow, table_to_json
+from analytics.read.queries import STATUSES
+from analytics.read.sandbox import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S, QueryError, run_query
 
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
 REJECT_REASONS = (
     "invalid_trace_id",
     "invalid_span_id",
@@ -44,42 +41,6 @@ MAX_SQL_BYTES = 1024 * 1024
 
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, list):
-        if value and all(isinstance(v, tuple) and len(v) == 2 for v in value):
-            return {str(k): _jsonable(v) for k, v in value}  # a MAP
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
-
-
-def table_to_json(table: pa.Table, truncated: bool) -> dict[str, Any]:
-    columns = table.column_names
-    rows = [[_jsonable(row[c]) for c in columns] for row in table.to_pylist()]
-    return {
-        "columns": columns,
-        "types": [str(t) for t in table.schema.types],
-        "rows": rows,
-        "truncated": truncated,
-    }
-
-
-def table_to_arrow(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return bytes(sink.getvalue().to_pybytes())
 
 
 def prometheus(snap: TelemetrySnapshot, instances_by_status: dict[str, int]) -> str:
@@ -173,10 +134,7 @@ def build_api(
     max_rows: int = DEFAULT_MAX_ROWS,
 ) -> Starlette:
     def authorized(request: Request) -> bool:
-        if token is None:
-            return True
-        sent = request.headers.get("authorization", "")
-        return hmac.compare_digest(sent.encode(), f"Bearer {token}".encode())
+        return token_ok(token, request.headers.get("authorization", ""))
 
     async def query(request: Request) -> Response:
         if not authorized(request):

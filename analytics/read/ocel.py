@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from analytics.queries import literal
+from analytics.read.queries import literal
 
 Fetch = Callable[[str], pa.Table]
 PAGE = 50_000

@@ -1,21 +1,26 @@
 """What the store writes and reads, as functions of a DuckDB connection (no threads, no state).
 
 The store's writer thread calls these inside its transactions; each function is one step of the
-SQL contract (``analytics/schema.py``), fed through Arrow.
+SQL contract (``analytics/write/schema.py``), fed through Arrow.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from analytics import rows
+from analytics.write import rows
 from processors.correlate import LearnedKey, PendingSpan, StepResult
 from processors.fold import InstanceState
 from processors.health import StepHealth
 from processors.matching import CompiledModel
 from processors.state import InstanceId
 from processors.types import TERMINAL_STATUSES, StepState, Transition
+
+log = logging.getLogger(__name__)
 
 RESTORE_TRACE_KEYS = 200_000
 #: (table, event-time column that lets DuckDB skip recent row groups) for retention deletes
@@ -26,6 +31,21 @@ RETAINED_TABLES = (
     ("anomalies", ""),
     ("instances", ""),
 )
+
+
+def in_transaction(con: Any, what: str, work: Callable[[], object]) -> bool:
+    """Run ``work`` in its own transaction; on an error roll back, log it, and return False (the
+    upkeep that calls this — retention, model health — retries on the next tick)."""
+    try:
+        con.execute("BEGIN")
+        work()
+        con.execute("COMMIT")
+    except Exception as exc:
+        log.error("%s failed, will retry on the next tick: %s", what, exc)
+        with contextlib.suppress(Exception):
+            con.execute("ROLLBACK")
+        return False
+    return True
 
 
 def insert(con: Any, name: str, table: Any) -> None:

@@ -1,5 +1,9 @@
 """The DuckDB store: one writer thread owns the connection; readers get their own cursors.
 
+(Over 400 lines on purpose: the writer is one state machine — lifecycle, group commit, ticks,
+recovery — over one connection and one in-memory state; what is stateless lives in persist.py,
+rows.py and messages.py, what is pure in processors/.)
+
 Receivers call :meth:`Store.submit` with decoded span records and wait on the returned future.
 The writer takes everything queued (up to ``max_batch_spans``), runs the pure processor, folds
 the touched instances, writes all tables through Arrow in **one transaction**, commits, and only
@@ -24,17 +28,28 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import duckdb
 
-from analytics import persist, rows
-from analytics.connection import CHECKPOINT_THRESHOLD, connect
-from analytics.observer import Changes, Observer
-from analytics.schema import migrate
-from analytics.telemetry import Telemetry
+from analytics.common.telemetry import Telemetry
+from analytics.write import persist, rows
+from analytics.write.connection import CHECKPOINT_THRESHOLD, connect
+from analytics.write.messages import (
+    CommitReceipt,
+    Message,
+    ObserverProtocol,
+    Request,
+    Stop,
+    StoreClosed,
+    StoreError,
+    StoreOpenError,
+    StoreUnavailable,
+    Tick,
+)
+from analytics.write.observer import Changes, Observer
+from analytics.write.schema import migrate
 from processors.clock import Clock
 from processors.correlate import Processor, StepResult
 from processors.fold import InstanceState
@@ -43,6 +58,8 @@ from processors.matching import CompiledModel
 from processors.rules import due_times
 from processors.state import InstanceId, InstanceTable
 from processors.types import TERMINAL_STATUSES, SpanRecord, Transition
+
+__all__ = ["CommitReceipt", "Store", "StoreClosed", "StoreError", "StoreOpenError", "StoreUnavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -65,72 +82,6 @@ TERMINAL_VALUES = frozenset(s.value for s in TERMINAL_STATUSES)
 # second Store here from becoming a second writer: this registry does.
 _OPEN_PATHS: set[str] = set()
 _OPEN_LOCK = threading.Lock()
-
-
-class StoreError(Exception):
-    """Base of the store's errors.
-
-    StoreError
-    ├── StoreUnavailable   retryable: the batch was not committed (answer UNAVAILABLE / 503)
-    │   └── StoreClosed    the store is shutting down
-    └── StoreOpenError     permanent: the database cannot be opened (locked, newer schema, …)
-    """
-
-
-class StoreUnavailable(StoreError):
-    pass
-
-
-class StoreClosed(StoreUnavailable):
-    pass
-
-
-class StoreOpenError(StoreError):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class CommitReceipt:
-    spans: int
-    transitions: int
-
-
-class ObserverProtocol(Protocol):
-    """Runs inside the writer's transaction after each batch and tick (see analytics.observer)."""
-
-    def restore(self, con: Any) -> None: ...
-
-    def forget(self, instance: InstanceId) -> None: ...
-
-    def plan(self, states: Sequence[InstanceState], now_ns: int) -> Changes:
-        """Anomaly changes of the given instances, and their open counts (memory only)."""
-        ...
-
-    def write(self, con: Any, changes: Changes, now_ns: int) -> None:
-        """Write planned changes inside the caller's transaction."""
-        ...
-
-
-@dataclass(slots=True)
-class _Request:
-    records: Sequence[SpanRecord]
-    future: Future[CommitReceipt]
-
-
-@dataclass(frozen=True, slots=True)
-class _Tick:
-    """An explicit tick (``tick_now``): re-fold at most ``limit`` due instances (None: all)."""
-
-    done: Future[CommitReceipt]
-    limit: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Stop:
-    """Commit what is queued, then leave the writer thread."""
-
-
-_Message = _Request | _Tick | _Stop
 
 
 class Store:
@@ -161,7 +112,7 @@ class Store:
         #: history of terminal instances older than this is deleted, RETENTION_CHUNK at a time
         self.retention_ns = retention_ns if retention_ns is not None else model.model.retention
         self.observer: ObserverProtocol = observer if observer is not None else Observer(model, self.telemetry)
-        self._queue: queue.Queue[_Message] = queue.Queue()
+        self._queue: queue.Queue[Message] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._con: Any = None
         self._reader_parent: Any = None
@@ -219,7 +170,7 @@ class Store:
             self._release_path()
             raise StoreOpenError(f"cannot prepare the database {self.path}: {exc}") from exc
         # user SQL runs on cursors of this database: no files, no network, no extensions, and
-        # no way to change that back (see analytics/sandbox.py)
+        # no way to change that back (see analytics/read/sandbox.py)
         if self.memory_limit:
             self._con.execute("SET memory_limit = ?", [self.memory_limit])
         self._con.execute("SET enable_external_access = false")
@@ -239,7 +190,7 @@ class Store:
             return
         self._closed.set()
         if self._thread is not None:
-            self._queue.put(_Stop())
+            self._queue.put(Stop())
             self._thread.join()
         with self._reader_lock:
             if self._reader_parent is not None:
@@ -268,7 +219,7 @@ class Store:
         if self._closed.is_set():
             future.set_exception(StoreClosed("coordstate is shutting down; retry against the next instance"))
             return future
-        self._queue.put(_Request(records, future))
+        self._queue.put(Request(records, future))
         self.telemetry.set("queue_depth", self._queue.qsize())
         return future
 
@@ -285,7 +236,7 @@ class Store:
         """Ask the writer for a tick at the clock's current time, and wait for it. It re-folds
         every due instance, or at most ``limit`` of them as a periodic tick does (DUE_CHUNK)."""
         done: Future[CommitReceipt] = Future()
-        self._queue.put(_Tick(done, limit))
+        self._queue.put(Tick(done, limit))
         done.result(timeout=60)
 
     def observe(self, event_ns: int) -> None:
@@ -303,18 +254,18 @@ class Store:
         interval = self.tick_interval_s
         stopping = False
         while True:
-            item: _Message | None
+            item: Message | None
             try:
                 item = self._queue.get(timeout=interval)
             except queue.Empty:
                 item = None
-            batch: list[_Request] = []
-            ticks: list[_Tick] = []  # explicit ones, each with its own limit
+            batch: list[Request] = []
+            ticks: list[Tick] = []  # explicit ones, each with its own limit
             spans = 0
             while item is not None:
-                if isinstance(item, _Stop):
+                if isinstance(item, Stop):
                     stopping = True
-                elif isinstance(item, _Tick):
+                elif isinstance(item, Tick):
                     ticks.append(item)
                 else:
                     batch.append(item)
@@ -349,7 +300,7 @@ class Store:
             if stopping and self._queue.empty():
                 return
 
-    def _commit(self, batch: list[_Request]) -> None:
+    def _commit(self, batch: list[Request]) -> None:
         now = self.clock.now_ns()
         started = time.perf_counter()
         result = StepResult()
@@ -414,15 +365,9 @@ class Store:
         stale = now - self._health_written_at >= HEALTH_REFRESH_NS  # counts move with every commit
         if verdicts == self._health_written and not stale:
             return
-        con = self._con
-        try:
-            con.execute("BEGIN")
-            persist.write_health(con, findings, now)
-            con.execute("COMMIT")
-        except duckdb.Error as exc:
-            log.error("writing model health failed, will retry on the next tick: %s", exc)
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
+        if not persist.in_transaction(
+            self._con, "writing model health", lambda: persist.write_health(self._con, findings, now)
+        ):
             return
         self._health_written = verdicts
         self._health_written_at = now
@@ -476,14 +421,7 @@ class Store:
         if not expired:
             return
         started = time.perf_counter()
-        try:
-            con.execute("BEGIN")
-            persist.delete_history(con, expired, cutoff)
-            con.execute("COMMIT")
-        except Exception as exc:
-            log.error("retention failed, will retry on the next tick: %s", exc)
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
+        if not persist.in_transaction(con, "retention", lambda: persist.delete_history(con, expired, cutoff)):
             return
         for inst in expired:
             self._processor.table.forget(inst)

@@ -1,6 +1,6 @@
 """Arrow tables for the store's batch inserts, built from the core's frozen types.
 
-One function per table; columns in the order of ``analytics/schema.py``. Arrow (not
+One function per table; columns in the order of ``analytics/write/schema.py``. Arrow (not
 ``executemany``) keeps a commit of tens of thousands of rows to a few milliseconds.
 """
 

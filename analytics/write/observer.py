@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from analytics.telemetry import Telemetry
+from analytics.common.telemetry import Telemetry
 from processors.fold import InstanceState
 from processors.matching import CompiledModel
 from processors.rules import Finding, findings

@@ -1,6 +1,6 @@
 """How the store opens its DuckDB file: the connection and the storage settings it writes with.
 
-Kept apart from the writer (``analytics/store.py``) so that tools and benchmarks open a database
+Kept apart from the writer (``analytics/write/store.py``) so that tools and benchmarks open a database
 exactly as the server does, and the settings' reasons stay next to their values.
 """
 

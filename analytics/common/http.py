@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import socket
 import ssl
 import threading
@@ -15,6 +16,12 @@ import time
 from typing import Any
 
 import uvicorn
+
+
+def token_ok(token: str | None, sent: str) -> bool:
+    """The one bearer-token check of every listener: no token set, or ``sent`` is ``Bearer <token>``
+    (compared in constant time)."""
+    return token is None or hmac.compare_digest(sent.encode(), f"Bearer {token}".encode())
 
 
 class ListenError(RuntimeError):

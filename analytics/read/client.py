@@ -20,8 +20,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from analytics.api import ARROW_STREAM
-from analytics.sandbox import QueryError, run_query
+from analytics.read.formats import ARROW_STREAM
+from analytics.read.sandbox import QueryError, run_query
 
 DEFAULT_API_URL = "http://127.0.0.1:4329"
 

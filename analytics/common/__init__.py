@@ -1,0 +1,1 @@
+"""What the receivers and the query API share: HTTP listener plumbing and self-telemetry."""

@@ -1,0 +1,1 @@
+"""The read side: the query API, its sandbox, the client, named queries, exports."""
