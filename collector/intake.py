@@ -146,13 +146,14 @@ class Intake:
         self.telemetry.add_rejected(decoded.rejected)
         if decoded.unmatched:
             self.telemetry.add_dropped(Counter({"unmatched": decoded.unmatched}))
-        if decoded.records:
-            future = self.store.submit(decoded.records)
+        if not decoded.records:  # nothing to commit: time still went on
+            self.store.observe(decoded.max_time_ns)
+        else:
+            future = self.store.submit(decoded.records, decoded.max_time_ns)  # observed after its commit
             try:
                 future.result(timeout=COMMIT_TIMEOUT_S)
             except StoreUnavailable as exc:
                 raise Unavailable(str(exc)) from exc
             except TimeoutError as exc:
                 raise Unavailable("the commit did not finish in time; retry") from exc
-        self.store.observe(decoded.max_time_ns)  # only after the commit: a tick at the new watermark sees it
         return Outcome(decoded.received, decoded.rejected_count, decoded.error_message())

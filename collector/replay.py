@@ -23,13 +23,14 @@ from __future__ import annotations
 import gzip
 import struct
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from analytics.common.telemetry import Telemetry
-from analytics.write.store import Store
+from analytics.write.store import CommitReceipt, Store
 from collector.decode import PayloadError, WireRequest, decode_request, parse_json, parse_protobuf
 from processors.clock import EventTimeClock
 from processors.matching import CompiledModel
@@ -164,13 +165,16 @@ def replay(
         )
         batch: list[SpanRecord] = []
         batch_end = 0
+        in_flight: list[Future[CommitReceipt]] = []
 
-        def commit() -> None:  # one group of requests: commit, move the watermark, tick
-            if batch:
-                store.submit(list(batch)).result()
-                batch.clear()
-            store.observe(batch_end)
-            store.tick_now()
+        def commit() -> None:
+            """One group: commit it (the clock observes its latest event time after the commit),
+            then a tick. Queued, not awaited: the next group is read and decoded meanwhile."""
+            in_flight.append(store.submit(list(batch), batch_end))
+            in_flight.append(store.request_tick())
+            batch.clear()
+            while len(in_flight) > 4:  # at most two groups ahead of the writer
+                in_flight.pop(0).result()
 
         with bar:
             for path in files:
@@ -188,6 +192,8 @@ def replay(
                         commit()
                 bar.update(path.stat().st_size)
             commit()
+            for future in in_flight:
+                future.result()
         longest_wait = max(w.key.wait for w in model.workflows.values())
         if settle:
             longest_wait += max(w.deadline + w.grace for w in model.workflows.values())

@@ -62,6 +62,8 @@ class ObserverProtocol(Protocol):
 class Request:
     records: Sequence[SpanRecord]
     future: Future[CommitReceipt]
+    #: the latest event time of the request: the clock observes it once the batch committed
+    event_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)

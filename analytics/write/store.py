@@ -213,13 +213,15 @@ class Store:
         self.close()
 
     # -- API for receivers and readers --------------------------------------------------
-    def submit(self, records: Sequence[SpanRecord]) -> Future[CommitReceipt]:
-        """Queue records for the next group commit; the future resolves once committed."""
+    def submit(self, records: Sequence[SpanRecord], event_ns: int = 0) -> Future[CommitReceipt]:
+        """Queue records for the next group commit; the future resolves once committed.
+        ``event_ns``: the request's latest event time, which the clock observes right after the
+        commit (so a tick at the new watermark always sees the batch that moved it)."""
         future: Future[CommitReceipt] = Future()
         if self._closed.is_set():
             future.set_exception(StoreClosed("coordstate is shutting down; retry against the next instance"))
             return future
-        self._queue.put(Request(records, future))
+        self._queue.put(Request(records, future, event_ns))
         self.telemetry.set("queue_depth", self._queue.qsize())
         return future
 
@@ -235,9 +237,13 @@ class Store:
     def tick_now(self, limit: int | None = None) -> None:
         """Ask the writer for a tick at the clock's current time, and wait for it. It re-folds
         every due instance, or at most ``limit`` of them as a periodic tick does (DUE_CHUNK)."""
+        self.request_tick(limit).result(timeout=60)
+
+    def request_tick(self, limit: int | None = None) -> Future[CommitReceipt]:
+        """Queue a tick after everything queued so far (``tick_now`` without the wait)."""
         done: Future[CommitReceipt] = Future()
         self._queue.put(Tick(done, limit))
-        done.result(timeout=60)
+        return done
 
     def observe(self, event_ns: int) -> None:
         """The latest event time of a request just accepted (committed, or wholly unmatched):
@@ -322,6 +328,7 @@ class Store:
             else:
                 req.future.set_exception(StoreUnavailable("the database could not commit this batch; retry"))
         if ok:
+            self.clock.observe(max(req.event_ns for req in batch))
             self.telemetry.add("spans_committed", nspans)
             self.telemetry.add("transitions_written", len(result.transitions))
             self.telemetry.add("commits")
