@@ -26,7 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from collector import wire
 from processors.matching import CompiledModel
-from processors.types import SPAN_STATUS_OF_CODE, AttrValue, SpanEvent, SpanLink, SpanRecord, SpanStatus
+from processors.types import SPAN_STATUS_OF_CODE, AttrValue, RejectReason, SpanEvent, SpanLink, SpanRecord, SpanStatus
 
 MAX_TIME_NS = (1 << 63) - 1  # int64 nanoseconds: what Arrow and DuckDB timestamps hold
 MAX_MESSAGES = 3
@@ -131,38 +131,38 @@ _HEX_HINT = "OTLP/JSON writes ids as hex strings (32 characters for a trace id, 
 
 def _problem(sp: Any) -> tuple[str, str] | None:
     for id_field, reason in (
-        ("trace_id", "invalid_trace_id"),
-        ("span_id", "invalid_span_id"),
-        ("parent_span_id", "invalid_parent_span_id"),
+        ("trace_id", RejectReason.INVALID_TRACE_ID),
+        ("span_id", RejectReason.INVALID_SPAN_ID),
+        ("parent_span_id", RejectReason.INVALID_PARENT_SPAN_ID),
     ):
         if getattr(sp, id_field) == NOT_HEX:
             return reason, f"span {sp.name!r}: {id_field} is not hex; {_HEX_HINT}"
     trace_id = sp.trace_id
     if len(trace_id) != 16 or trace_id == _ZERO16:
         return (
-            "invalid_trace_id",
+            RejectReason.INVALID_TRACE_ID,
             f"span {sp.name!r}: trace_id must be 16 non-zero bytes (got {len(trace_id)})",
         )
     span_id = sp.span_id
     if len(span_id) != 8 or span_id == _ZERO8:
         return (
-            "invalid_span_id",
+            RejectReason.INVALID_SPAN_ID,
             f"span {sp.name!r}: span_id must be 8 non-zero bytes (got {len(span_id)})",
         )
     if sp.parent_span_id and len(sp.parent_span_id) != 8:
         return (
-            "invalid_parent_span_id",
+            RejectReason.INVALID_PARENT_SPAN_ID,
             f"span {sp.name!r}: parent_span_id must be empty or 8 bytes",
         )
     if sp.end_time_unix_nano < sp.start_time_unix_nano:
         return (
-            "end_before_start",
+            RejectReason.END_BEFORE_START,
             f"span {sp.name!r}: end_time_unix_nano is before start_time_unix_nano",
         )
     if sp.start_time_unix_nano == 0:
-        return "missing_start_time", f"span {sp.name!r}: start_time_unix_nano is 0"
+        return RejectReason.MISSING_START_TIME, f"span {sp.name!r}: start_time_unix_nano is 0"
     if sp.end_time_unix_nano > MAX_TIME_NS:
-        return "time_out_of_range", f"span {sp.name!r}: end_time_unix_nano is beyond the year 2262"
+        return RejectReason.TIME_OUT_OF_RANGE, f"span {sp.name!r}: end_time_unix_nano is beyond the year 2262"
     return None
 
 
@@ -216,11 +216,11 @@ def decode_request(request: WireRequest | ExportTraceServiceRequest, model: Comp
                     or tid == _ZERO16
                     or sid == _ZERO8
                 ):
-                    out.reject(*(_problem(sp) or ("invalid_span", f"span {sp.name!r} is malformed")))
+                    out.reject(*(_problem(sp) or (RejectReason.INVALID_SPAN, f"span {sp.name!r} is malformed")))
                     continue
                 pid = sp.parent_span_id
                 if pid and len(pid) != 8:
-                    out.reject(*(_problem(sp) or ("invalid_parent_span_id", "bad parent_span_id")))
+                    out.reject(*(_problem(sp) or (RejectReason.INVALID_PARENT_SPAN_ID, "bad parent_span_id")))
                     continue
                 if end > max_end:
                     max_end = end
@@ -241,7 +241,9 @@ def decode_request(request: WireRequest | ExportTraceServiceRequest, model: Comp
                         unmatched += 1
                         continue
                 except _BadAttribute as exc:
-                    out.reject("invalid_attribute", f"span {name!r}: an attribute is not a valid KeyValue ({exc})")
+                    out.reject(
+                        RejectReason.INVALID_ATTRIBUTE, f"span {name!r}: an attribute is not a valid KeyValue ({exc})"
+                    )
                     continue
                 records.append(_record(sp, service, end, attrs, res_attrs, events))
     out.received = received

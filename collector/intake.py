@@ -26,6 +26,7 @@ from analytics.write.store import Store, StoreUnavailable
 from collector.decode import PayloadError, WireRequest
 from collector.decoders import Decoders, DecoderUnavailable
 from processors.matching import CompiledModel
+from processors.types import DropReason
 
 __all__ = [
     "Admission",
@@ -145,7 +146,7 @@ class Intake:
         self.telemetry.add("spans_received", decoded.received)
         self.telemetry.add_rejected(decoded.rejected)
         if decoded.unmatched:
-            self.telemetry.add_dropped(Counter({"unmatched": decoded.unmatched}))
+            self.telemetry.add_dropped(Counter({DropReason.UNMATCHED: decoded.unmatched}))
         if not decoded.records:  # nothing to commit: time still went on
             self.store.observe(decoded.max_time_ns)
         else:

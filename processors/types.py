@@ -68,6 +68,19 @@ class AnomalyKind(enum.StrEnum):
     STALLED = "stalled"
 
 
+class RejectReason(enum.StrEnum):
+    """Why a span was rejected as malformed (counted per reason; the rest of its request is kept)."""
+
+    INVALID_TRACE_ID = "invalid_trace_id"
+    INVALID_SPAN_ID = "invalid_span_id"
+    INVALID_PARENT_SPAN_ID = "invalid_parent_span_id"
+    END_BEFORE_START = "end_before_start"
+    MISSING_START_TIME = "missing_start_time"
+    TIME_OUT_OF_RANGE = "time_out_of_range"
+    INVALID_SPAN = "invalid_span"
+    INVALID_ATTRIBUTE = "invalid_attribute"
+
+
 class DropReason(enum.StrEnum):
     """Why a span (or a transition drawn from it) did not become part of an instance."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from pathlib import Path
 
 import duckdb
@@ -119,6 +120,11 @@ def test_instance_page_timeline_and_as_of(offline: Path) -> None:
     assert any("Status at" in m.value and "compensated" in m.value for m in at.markdown)
     history = at.dataframe[-1].value
     assert list(history["status"]) == ["running", "diverged", "compensated"]
+    # the as-of slider starts at the instance's last moment, as its caption says, and steps by
+    # milliseconds (a datetime slider steps by a day by default: its handle sat at the left end)
+    slider = at.slider[0]
+    assert slider.value.replace(tzinfo=UTC).timestamp() * 1e6 == slider.max
+    assert 1_000 <= slider.step <= (slider.max - slider.min) / 100
 
 
 def test_instance_page_unknown_key(offline: Path) -> None:
@@ -162,6 +168,7 @@ def test_live_pages_read_through_the_query_api(db_path: Path, monkeypatch: pytes
         shown = metrics(at)
         assert shown["Instances"] == "3"
         assert shown["Failed / compensated"] == "1 / 0"
+        assert shown["Spans/s"] != "0"  # the server's own rate: right on the first render
         assert shown["Spans received"] == "10"
         assert shown["Rejected"] == "0"
         board = page("board")

@@ -123,9 +123,10 @@ VOCABULARY_HOMES = {"processors/types.py", "processors/rules.py", "analytics/wri
 
 def test_statuses_and_anomaly_kinds_are_never_retyped_as_strings() -> None:
     from processors.rules import Severity
-    from processors.types import AnomalyKind, InstanceStatus
+    from processors.types import AnomalyKind, DropReason, InstanceStatus, RejectReason
 
     words = {s.value for s in InstanceStatus} | {k.value for k in AnomalyKind} | {s.value for s in Severity}
+    words |= {r.value for r in RejectReason} | {r.value for r in DropReason}
     words -= {"failed", "running", "warning"}  # also step states, ordinary words, a log level
     copies = []
     for package in ("collector", "processors", "analytics", "app"):  # demo/: its scenario names are its own

@@ -139,6 +139,9 @@ def test_healthz_and_metrics(api: Service) -> None:
     text = httpx.get(f"{api.api_url}/metrics").text
     assert "coordstate_spans_received_total 10" in text  # 4 + 4 + 2 (the declined order stops at payment)
     assert 'coordstate_spans_rejected_total{reason="end_before_start"} 0' in text
+    # every reason the decoder can give is a series, including the two the list once lacked
+    assert 'coordstate_spans_rejected_total{reason="invalid_span"} 0' in text
+    assert 'coordstate_spans_rejected_total{reason="invalid_attribute"} 0' in text
     assert 'coordstate_instances{status="converged"} 2' in text
     assert 'coordstate_instances{status="failed"} 1' in text
     assert 'coordstate_instances{status="compensated"} 0' in text
@@ -204,6 +207,9 @@ def test_coordstate_query_live_then_from_the_file(db_path: Path) -> None:
         assert server.terminate() == 0
     offline = run_cli("--db", str(db_path), "--format", "csv", "SELECT instance_key, status FROM instances")
     assert offline.stdout.splitlines() == ["instance_key,status", "order-cli,converged"]
+    raw = subprocess.run([COORDSTATE, "query", "--db", str(db_path), "--format", "csv", "SELECT instance_key FROM instances"],
+                         capture_output=True, timeout=60)  # fmt: skip
+    assert raw.stdout == b"instance_key\norder-cli\n"  # LF, as DuckDB's own CLI: CRLF breaks shell pipelines
     as_json = run_cli("--db", str(db_path), "--format", "json", "SELECT instance_key, steps FROM instances")
     assert as_json.stdout.startswith('{"instance_key": "order-cli", "steps": {"checkout": "completed"')
 

@@ -27,15 +27,9 @@ from analytics.common.telemetry import Telemetry, TelemetrySnapshot
 from analytics.read.formats import ARROW_STREAM, table_to_arrow, table_to_json
 from analytics.read.queries import STATUSES
 from analytics.read.sandbox import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S, QueryError, run_query
+from processors.types import DropReason, RejectReason
 
-REJECT_REASONS = (
-    "invalid_trace_id",
-    "invalid_span_id",
-    "invalid_parent_span_id",
-    "end_before_start",
-    "missing_start_time",
-    "time_out_of_range",
-)
+REJECT_REASONS: tuple[str, ...] = tuple(r.value for r in RejectReason)
 MAX_SQL_BYTES = 1024 * 1024
 
 
@@ -69,7 +63,7 @@ def prometheus(snap: TelemetrySnapshot, instances_by_status: dict[str, int]) -> 
         "spans_dropped_total",
         "counter",
         "Spans or transitions not kept, by reason.",
-        [(f'{{reason="{r}"}}', snap.dropped.get(r, 0)) for r in ("unmatched", "unkeyed", "orphan", "duplicate")],
+        [(f'{{reason="{r}"}}', snap.dropped.get(r, 0)) for r in DropReason],
     )
     metric(
         "transitions_written_total",
