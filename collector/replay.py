@@ -38,7 +38,7 @@ from processors.types import SpanRecord
 
 #: matched spans committed together (one commit and one tick per group: a tick per request made a
 #: replay of a million per-service batches spend most of its time in commits)
-REPLAY_BATCH_RECORDS = 2_000
+REPLAY_BATCH_RECORDS = 10_000
 
 
 class ReplayError(RuntimeError):
