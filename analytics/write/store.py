@@ -322,13 +322,14 @@ class Store:
             ok = self._persist(result, set(), now)
         elapsed = time.perf_counter() - started
         nspans = sum(len(r.records) for r in batch)
+        if ok:  # before any sender hears back: its acknowledged data is always inside the watermark
+            self.clock.observe(max(req.event_ns for req in batch))
         for req in batch:
             if ok:
                 req.future.set_result(CommitReceipt(len(req.records), len(result.transitions)))
             else:
                 req.future.set_exception(StoreUnavailable("the database could not commit this batch; retry"))
         if ok:
-            self.clock.observe(max(req.event_ns for req in batch))
             self.telemetry.add("spans_committed", nspans)
             self.telemetry.add("transitions_written", len(result.transitions))
             self.telemetry.add("commits")
