@@ -301,6 +301,7 @@ def discover(files: list[Path], key: str | None = None) -> Discovery:
         if not instances:
             raise DiscoverError(f"no span carries {chosen.attribute!r}: name the business key with --key ATTR")
         steps = _steps(con, instances)
+        _times(con, steps)  # step_times: what _start, _requires and _compensations read
         start = _start(con, steps)
         _requires(con, steps)
         _compensations(con, steps)
@@ -400,7 +401,6 @@ def _times(con: duckdb.DuckDBPyConnection, steps: list[Step]) -> None:
 def _start(con: duckdb.DuckDBPyConnection, steps: list[Step]) -> str:
     """The step that starts first in most instances, among those seen in (nearly) all of them: a
     consumer waiting for messages starts its span before the order even exists."""
-    _times(con, steps)
     top = max(s.share for s in steps)
     candidates = ", ".join(str(i) for i, s in enumerate(steps) if s.share >= top - 0.05)
     first = _one(
