@@ -316,26 +316,35 @@ def _uncompensated(wf: WorkflowSpec, state: InstanceState, now: int) -> list[Fin
 def _failed_steps(wf: WorkflowSpec, state: InstanceState) -> list[Finding]:
     """The process went past a failed step (``degraded``): the step needs a retry, not an undo.
 
-    Open until the step completes (a retry that succeeds makes the instance ``converged``).
+    Open while the instance is degraded; when a retry completes the step, kept as history,
+    resolved at that completion (event time, whenever the retry's span arrived).
     """
-    if state.status is not InstanceStatus.DEGRADED:
+    degraded = [t for status, t in state.history if status is InstanceStatus.DEGRADED]
+    if not degraded:
         return []
     out = []
     for name, view in state.steps.items():
-        if view.state is not StepState.FAILED:
+        if not view.failures:
             continue
-        failure = view.failures[-1] if view.failures else None
-        since = failure.time_ns if failure is not None else (view.since_ns or state.started_at_ns)
-        detail = f"{name} failed at {clock(since)} and {wf.name} went on without it"
-        out.append(
-            _make(
-                wf, state, AnomalyKind.FAILED_STEP, name, since,
-                f"{wf.name} {state.key}: {detail}.",
-                detail,
-                f"retry {name} of {state.key}: {detail}",
-                _ref(failure, f"{name} failed"),
-            )
+        failure = max(view.failures, key=lambda e: (e.time_ns, e.span_id))
+        retried = view.since_ns if view.state is StepState.COMPLETED else None
+        if view.state is StepState.FAILED and state.status is not InstanceStatus.DEGRADED:
+            continue
+        if retried is not None and (
+            retried <= failure.time_ns or not any(failure.time_ns <= t < retried for t in degraded)
+        ):
+            continue  # completed again before the process went past it: never degraded by this step
+        if view.state not in (StepState.FAILED, StepState.COMPLETED):
+            continue
+        detail = f"{name} failed at {clock(failure.time_ns)} and {wf.name} went on without it"
+        finding = _make(
+            wf, state, AnomalyKind.FAILED_STEP, name, failure.time_ns,
+            f"{wf.name} {state.key}: {detail}.",
+            detail,
+            f"retry {name} of {state.key}: {detail}",
+            _ref(failure, f"{name} failed"),
         )  # fmt: skip
+        out.append(finding if retried is None else replace(finding, resolved_ns=retried))
     return out
 
 

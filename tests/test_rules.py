@@ -93,3 +93,23 @@ workflows:
     [f] = findings(wf, state, T0 + 2 * SECOND)
     assert f.kind is AnomalyKind.MISSING_STEP
     assert f.action == "page payments on-call about o-9 (payment): payment never seen within 1s of 22:13:20.000"
+
+
+def test_a_retried_failed_step_is_history_resolved_when_the_retry_completed() -> None:
+    """The same history whether the retry's span came before or after the degraded state was seen."""
+    went_on = [tr("checkout", "started", 0), tr("payment", "completed", 0.3), tr("inventory", "completed", 0.4),
+               tr("shipment", "completed", 0.8), tr("fulfilment", "failed", 0.9, span_id="ful-1"),
+               tr("checkout", "completed", 1.0)]  # fmt: skip
+    open_now = findings(WF, fold(WF, "o-1", went_on, T0 + 5 * SECOND), T0 + 5 * SECOND)
+    assert [(f.kind, f.step, f.since_ns, f.resolved_ns) for f in open_now] == [
+        (AnomalyKind.FAILED_STEP, "fulfilment", T0 + int(0.9 * SECOND), None)
+    ]
+    retried = [*went_on, tr("fulfilment", "completed", 20, span_id="ful-2")]
+    later = findings(WF, fold(WF, "o-1", retried, T0 + 30 * SECOND), T0 + 30 * SECOND)
+    assert [(f.kind, f.since_ns, f.resolved_ns) for f in later] == [
+        (AnomalyKind.FAILED_STEP, T0 + int(0.9 * SECOND), T0 + 20 * SECOND)
+    ]
+    # a failure retried before the process went past it never degraded anything
+    quick = [*went_on[:4], tr("fulfilment", "failed", 0.5, span_id="f1"), tr("fulfilment", "completed", 0.6, span_id="f2"),
+             tr("checkout", "completed", 1.0)]  # fmt: skip
+    assert findings(WF, fold(WF, "o-1", quick, T0 + 30 * SECOND), T0 + 30 * SECOND) == []
