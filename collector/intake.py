@@ -147,7 +147,10 @@ class Intake:
         self.telemetry.add_rejected(decoded.rejected)
         if decoded.unmatched:
             self.telemetry.add_dropped(Counter({DropReason.UNMATCHED: decoded.unmatched}))
-        if not decoded.records:  # nothing to commit: time still went on
+        if not decoded.records:
+            # nothing to commit, but time went on. This moves the watermark from here, not after a
+            # commit in the writer: a batch still queued behind is judged late only if its spans
+            # are older than the allowed lateness, which is what late means anyway
             self.store.observe(decoded.max_time_ns)
         else:
             future = self.store.submit(decoded.records, decoded.max_time_ns)  # observed after its commit
