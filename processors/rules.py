@@ -232,11 +232,14 @@ def _out_of_order(wf: WorkflowSpec, state: InstanceState, now: int) -> list[Find
 
 
 def _duplicates(wf: WorkflowSpec, state: InstanceState) -> list[Finding]:
+    """A step completed twice with different spans. Open until the step is compensated; then
+    history, resolved when the compensation completed (event time)."""
     out = []
     for name, view in state.steps.items():
-        if len(view.completions) < 2 or view.state is StepState.COMPENSATED:
+        if len(view.completions) < 2:
             continue
         first, second = sorted(view.completions, key=lambda e: (e.time_ns, e.span_id))[:2]
+        undone = view.since_ns if view.state is StepState.COMPENSATED else None
         detail = (
             f"{name} completed twice: at {clock(first.time_ns)} (span {short(first.span_id)}) "
             f"and at {clock(second.time_ns)} (span {short(second.span_id)})"
@@ -253,6 +256,8 @@ def _duplicates(wf: WorkflowSpec, state: InstanceState) -> list[Finding]:
                  EvidenceRef(second.trace_id, second.span_id, f"{name} completed again")),
             )
         )  # fmt: skip
+        if undone is not None:
+            out[-1] = replace(out[-1], resolved_ns=max(undone, second.time_ns))
     return out
 
 

@@ -113,3 +113,11 @@ def test_a_retried_failed_step_is_history_resolved_when_the_retry_completed() ->
     quick = [*went_on[:4], tr("fulfilment", "failed", 0.5, span_id="f1"), tr("fulfilment", "completed", 0.6, span_id="f2"),
              tr("checkout", "completed", 1.0)]  # fmt: skip
     assert findings(WF, fold(WF, "o-1", quick, T0 + 30 * SECOND), T0 + 30 * SECOND) == []
+
+
+def test_a_refunded_duplicate_charge_is_history_resolved_at_the_refund() -> None:
+    twice = [tr("checkout", "started", 0), tr("payment", "completed", 0.3), tr("payment", "completed", 0.5, span_id="charge-2"),
+             tr("inventory", "completed", 0.6), tr("refund", "completed", 3)]  # fmt: skip
+    state = fold(WF, "o-1", twice, T0 + 10 * SECOND)
+    [dup] = [f for f in findings(WF, state, T0 + 10 * SECOND) if f.kind is AnomalyKind.DUPLICATE_ACTION]
+    assert (dup.step, dup.since_ns, dup.resolved_ns) == ("payment", T0 + int(0.5 * SECOND), T0 + 3 * SECOND)
