@@ -5,12 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: up test test-duckdb2 lint fmt bench soak check clean browser screenshots
+.PHONY: up test test-duckdb2 lint fmt bench soak check clean browser alerting screenshots
 
 up: $(STAMP)
 	$(VENV)/bin/coordstate up --demo
 
-test: $(STAMP) $(NODE_STAMP) browser lint
+test: $(STAMP) $(NODE_STAMP) browser alerting lint
 	$(PY) -m pytest
 
 # Debian's Chromium for the browser test (Playwright drives it; no browser download).
@@ -18,6 +18,14 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 		echo "installing Debian's chromium for the browser test"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# Debian's Alertmanager and promtool (package prometheus) for the alerting tests; the tests start
+# Alertmanager themselves, on a free port, and stop it.
+alerting:
+	@{ command -v prometheus-alertmanager && command -v promtool; } >/dev/null 2>&1 || { \
+		echo "installing Debian's prometheus-alertmanager and prometheus (promtool) for the alerting tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			prometheus-alertmanager prometheus >/dev/null; }
 
 screenshots: $(STAMP) browser
 	COORDSTATE_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_browser.py

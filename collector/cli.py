@@ -107,6 +107,12 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         max_bytes_in_flight=args.max_inflight_mb * 1024 * 1024,
         decode_workers=args.decode_workers,
         drift_after=args.drift_after,
+        alertmanager=tuple(args.alertmanager or ()),
+        alert_resend=args.alert_resend,
+        otlp_logs=args.otlp_logs,
+        trace_url=args.trace_url,
+        app_url=args.app_url,
+        dry_run_actions=args.dry_run_actions,
     )
 
 
@@ -308,9 +314,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--ui-port", type=port_number, default=DEFAULT_UI_PORT, help="(default %(default)s; 0: a free port)"
     )
     up.add_argument("--ui-address", default="127.0.0.1", help="(default %(default)s)")
-    up.add_argument(
-        "--trace-url", default=None, metavar="TEMPLATE", help="trace link, e.g. http://localhost:16686/trace/{trace_id}"
-    )
     up.add_argument("--demo", action="store_true", help="also run the demo shop against the server")
     _demo_options(up)
     up.set_defaults(func=_cmd_up)
@@ -379,6 +382,29 @@ def _listeners(p: argparse.ArgumentParser) -> None:
         metavar="MB",
         help="request bytes in flight before overload answers (default %(default)s)",
     )
+    p.add_argument(
+        "--alertmanager", action="append", metavar="URL",
+        help="post every anomaly as an alert to this Alertmanager (repeatable), e.g. http://127.0.0.1:9093",
+    )  # fmt: skip
+    p.add_argument(
+        "--alert-resend", default="60s", metavar="DURATION", help="re-send open alerts this often (default %(default)s)"
+    )
+    p.add_argument(
+        "--otlp-logs", type=host_port, default=None, metavar="HOST:PORT",
+        help="export anomaly opened/resolved events as OTLP log records to this OTLP/gRPC receiver",
+    )  # fmt: skip
+    p.add_argument(
+        "--trace-url", default=None, metavar="TEMPLATE",
+        help="link to the evidence trace (alerts, webhooks, and the app with up), e.g. http://localhost:16686/trace/{trace_id}",
+    )  # fmt: skip
+    p.add_argument(
+        "--app-url", default=None, metavar="URL",
+        help="the app's address, for links to an instance's page in alerts and webhooks (e.g. http://127.0.0.1:8501)",
+    )  # fmt: skip
+    p.add_argument(
+        "--dry-run-actions", action="store_true",
+        help="reconciliation webhooks: record what would be sent in action_deliveries, send nothing",
+    )  # fmt: skip
     p.add_argument(
         "--decode-workers",
         type=int,

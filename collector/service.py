@@ -10,12 +10,17 @@ from __future__ import annotations
 import gc
 import ipaddress
 import logging
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 from analytics.common.http import ListenError as HttpListenError
 from analytics.common.http import ThreadedServer
 from analytics.common.telemetry import Telemetry
+from analytics.notify.actions import ActionRunner
+from analytics.notify.alerts import AlertDispatcher
+from analytics.notify.anomaly import Links
+from analytics.notify.targets import Alertmanager, AlertTarget, OtlpLogs
 from analytics.read.api import build_api
 from analytics.write.store import Store, StoreOpenError
 from collector.decoders import Decoders, auto_workers
@@ -25,7 +30,15 @@ from collector.otlp_http import build_app
 from processors.clock import Clock, EventTimeClock, WallClock
 from processors.health import DEFAULT_THRESHOLD
 from processors.matching import CompiledModel
-from processors.model import ModelError, ModelFile, ModelProblem, parse_duration, parse_model
+from processors.model import (
+    ActionSpec,
+    ModelError,
+    ModelFile,
+    ModelProblem,
+    WorkflowSpec,
+    parse_duration,
+    parse_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +84,10 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 2, 100)
 
 
+def _all_actions(wf: WorkflowSpec) -> list[ActionSpec]:
+    return [*wf.actions.values(), *(a for step in wf.steps for a in step.actions.values())]
+
+
 class StartError(RuntimeError):
     """The service cannot start; the message says why and what to do."""
 
@@ -104,6 +121,24 @@ class ServeConfig:
     decode_workers: int | None = None
     #: model drift: a required step that matched nothing while this many instances passed its expected time
     drift_after: int = DEFAULT_DRIFT_AFTER
+    #: Alertmanager base URLs: every open anomaly is an alert there (README: "Alerting and actions")
+    alertmanager: tuple[str, ...] = ()
+    #: open alerts are re-sent this often (their endsAt four resends ahead)
+    alert_resend: str = "60s"
+    #: HOST:PORT of an OTLP/gRPC logs receiver (a collector): anomaly opened/resolved log records
+    otlp_logs: str | None = None
+    #: links in alerts and webhook requests: the evidence trace (``{trace_id}``) and the app
+    trace_url: str | None = None
+    app_url: str | None = None
+    #: reconciliation webhooks: record what would be sent, send nothing
+    dry_run_actions: bool = False
+    #: first retry delay of alert and webhook deliveries (doubling up to 60 s)
+    delivery_backoff_s: float = 1.0
+
+
+def is_http_url(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def resolve_model(path: str) -> str:
@@ -165,17 +200,51 @@ class Service:
         self.intake = Intake(
             self.model, self.store, self.telemetry, Admission(config.max_bytes_in_flight), self.decoders
         )
+        self.alerts, self.actions = self._notifiers()
         self.grpc: GrpcReceiver | None = None
         self.http: ThreadedServer | None = None
         self.api: ThreadedServer | None = None
         #: things a person should know (e.g. a listener open to the network without a token)
         self.warnings: list[str] = []
 
+    def _notifiers(self) -> tuple[AlertDispatcher | None, ActionRunner | None]:
+        config = self.config
+        for url in config.alertmanager:
+            if not is_http_url(url):
+                raise StartError(f"--alertmanager {url!r}: give Alertmanager's base URL, e.g. http://127.0.0.1:9093")
+        for link, flag in ((config.app_url, "--app-url"), (config.trace_url, "--trace-url")):
+            if link and not is_http_url(link.replace("{trace_id}", "t")):
+                raise StartError(f"{flag} {link!r}: give an http(s) URL")
+        try:
+            resend_s = parse_duration(config.alert_resend) / 1e9
+        except ValueError as exc:
+            raise StartError(f"--alert-resend {config.alert_resend!r}: write a duration such as 60s or 5m") from exc
+        links = Links(config.trace_url, config.app_url)
+        targets: list[AlertTarget] = [Alertmanager(url, links, int(resend_s * 1e9)) for url in config.alertmanager]
+        if config.otlp_logs:
+            targets.append(OtlpLogs(config.otlp_logs))
+        backoff = config.delivery_backoff_s
+        alerts = (
+            AlertDispatcher(self.store, targets, self.telemetry, resend_s=resend_s, backoff_s=backoff)
+            if targets
+            else None
+        )
+        webhooks = any(a.webhook for wf in self.model.model.workflows for a in _all_actions(wf))
+        if not webhooks:
+            return alerts, None
+        runner = ActionRunner(
+            self.store, self.model, self.clock, self.telemetry, links, dry_run=config.dry_run_actions, backoff_s=backoff
+        )
+        return alerts, runner
+
     def start(self) -> None:
         try:
             self.store.open()
         except StoreOpenError as exc:
             raise StartError(str(exc)) from exc
+        for notifier in (self.alerts, self.actions):
+            if notifier is not None:
+                notifier.start()
         try:
             self.decoders.start()
         except Exception as exc:
@@ -257,6 +326,11 @@ class Service:
         if self.api is not None:
             self.api.stop()
             self.api = None
+        for notifier in (self.alerts, self.actions):
+            if notifier is not None:
+                notifier.stop()
+        for target in self.alerts.targets if self.alerts else ():
+            target.target.close()
         self.decoders.stop()
         self.store.close()
 

@@ -132,6 +132,37 @@ class KeySpec(_Strict):
         return self
 
 
+class ActionSpec(_Strict):
+    """What to do about an anomaly of one kind: the suggested action's text and, opt-in, a
+    reconciliation webhook called once the anomaly has stayed open ``after``."""
+
+    #: the suggested action (placeholders as in ACTION_FIELDS); None: the built-in text
+    text: str | None = None
+    #: POSTed a JSON request (README: "Alerting and actions"); http or https
+    webhook: str | None = None
+    after: Duration = 30_000_000_000
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    #: per request
+    timeout: Duration = 10_000_000_000
+
+    @model_validator(mode="after")
+    def _url(self) -> ActionSpec:
+        if self.webhook is not None and not re.match(r"^https?://[^/\s]+", self.webhook):
+            raise PydanticCustomError(
+                "webhook", "webhook {url!r} is not an http(s) URL, e.g. http://reconciler:8080/hooks/refund",
+                {"url": self.webhook},
+            )
+        return self
+
+
+def _action_spec(value: object) -> object:
+    """``kind: "text"`` is shorthand for ``kind: {text: "text"}``."""
+    return {"text": value} if isinstance(value, str) else value
+
+
+Action = Annotated[ActionSpec, BeforeValidator(_action_spec)]
+
+
 class StepSpec(_Strict):
     name: str = Field(min_length=1)
     #: one matcher, or a list (e.g. an event for success and another for failure)
@@ -140,7 +171,7 @@ class StepSpec(_Strict):
     optional: bool = False
     compensated_by: str | None = None
     deadline: Duration | None = None
-    actions: dict[AnomalyKind, str] = Field(default_factory=dict)
+    actions: dict[AnomalyKind, Action] = Field(default_factory=dict)
 
 
 def matchers(step: StepSpec) -> tuple[MatchSpec, ...]:
@@ -155,7 +186,20 @@ class WorkflowSpec(_Strict):
     start: tuple[str, ...] | None = None
     steps: tuple[StepSpec, ...]
     conflicts: tuple[tuple[str, str], ...] = ()
-    actions: dict[AnomalyKind, str] = Field(default_factory=dict)
+    actions: dict[AnomalyKind, Action] = Field(default_factory=dict)
+
+    def actions_for(self, kind: AnomalyKind, step: str) -> tuple[ActionSpec, ...]:
+        """The actions for an anomaly of ``kind`` at ``step``, the step's own first, then the
+        workflow's: each field is taken from the first that sets it."""
+        spec = next((s for s in self.steps if s.name == step), None)
+        found = ((spec.actions.get(kind) if spec else None), self.actions.get(kind))
+        return tuple(a for a in found if a is not None)
+
+    def action_text(self, kind: AnomalyKind, step: str) -> str | None:
+        return next((a.text for a in self.actions_for(kind, step) if a.text), None)
+
+    def webhook(self, kind: AnomalyKind, step: str) -> ActionSpec | None:
+        return next((a for a in self.actions_for(kind, step) if a.webhook), None)
 
     def step(self, name: str) -> StepSpec:
         """The step called ``name`` (KeyError if there is none)."""
@@ -361,8 +405,9 @@ def _workflow_problems(wf: WorkflowSpec, base: str) -> Iterable[ModelProblem]:
         )
 
 
-def _action_problems(actions: dict[AnomalyKind, str], base: str) -> Iterable[ModelProblem]:
-    for kind, template in actions.items():
+def _action_problems(actions: dict[AnomalyKind, ActionSpec], base: str) -> Iterable[ModelProblem]:
+    for kind, action in actions.items():
+        template = action.text or ""
         try:
             fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
         except ValueError as exc:

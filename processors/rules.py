@@ -103,8 +103,7 @@ def _action(
     evidence: str,
     default: str,
 ) -> str:
-    spec = next((s for s in wf.steps if s.name == step), None)
-    template = (spec.actions.get(kind) if spec else None) or wf.actions.get(kind)
+    template = wf.action_text(kind, step)
     if not template:
         return default
     fields = {"workflow": wf.name, "key": key, "step": step, "detail": detail, "evidence": evidence}

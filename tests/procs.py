@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
+
 from tests.helpers import ORDERS_MODEL
 
 COORDSTATE = str(Path(sys.executable).with_name("coordstate"))
@@ -59,6 +61,12 @@ class ServerProcess:
             if found:
                 return found.group(1) if found.groups() else line
         raise AssertionError(f"{pattern!r} not printed by {self.args}; output so far:\n" + "\n".join(self.output))
+
+    def query(self, sql: str) -> list[tuple[object, ...]]:
+        """Rows of ``sql`` through the server's query API."""
+        response = httpx.post(f"{self.api}/api/v1/query", json={"sql": sql}, timeout=30)
+        response.raise_for_status()
+        return [tuple(r) for r in response.json()["rows"]]
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

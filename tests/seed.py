@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
+
 from collector.service import ServeConfig, Service
 from processors.clock import ManualClock
 from tests.helpers import ORDERS_MODEL
@@ -58,6 +60,31 @@ def seed(db: Path) -> None:
         clock.set(SEED_NOW)
         service.store.tick_now()
         emitter.shutdown()
+    _deliveries(db)
+
+
+def _deliveries(db: Path) -> None:
+    """What an Alertmanager and a webhook receiver that failed once would have left for the open
+    uncompensated failure of order-1051 (the notifiers' own tests run the real peers)."""
+    con = duckdb.connect(str(db))
+    try:
+        [(aid,)] = con.execute(
+            "SELECT anomaly_id FROM anomalies WHERE instance_key = 'order-1051' AND kind = 'uncompensated_failure'"
+        ).fetchall()
+        at = "TIMESTAMP '2025-10-09 10:00:00'"
+        con.execute(
+            f"INSERT INTO alert_deliveries VALUES (?, 'order', 'order-1051', 'alertmanager http://am:9093', "
+            f"'opened', 1, {at})",
+            [aid],
+        )
+        for attempt, outcome, code in ((1, "failed", 503), (2, "sent", 200)):
+            con.execute(
+                "INSERT INTO action_deliveries VALUES (?, 'order', 'order-1051', 'uncompensated_failure', 'payment', "
+                f"'http://reconciler/refund', ?, ?, ?, ?, '', {at} + INTERVAL (?) SECOND)",
+                [aid, attempt, outcome, outcome == "sent", code, attempt],
+            )
+    finally:
+        con.close()
 
 
 def _orphan(emitter: Emitter, order: Order, start: int) -> None:

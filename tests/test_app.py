@@ -106,6 +106,10 @@ def test_alerts_page_with_actions_and_trace_links(offline: Path) -> None:
     action = rows[rows["instance_key"] == "order-1051"]["suggested_action"].iloc[0]
     assert action.startswith("refund the charge of order-1051")
     assert all(str(link).startswith("http://jaeger.example:16686/trace/") for link in rows["trace"])
+    refund = rows[(rows["instance_key"] == "order-1051") & (rows["kind"] == "uncompensated_failure")].iloc[0]
+    assert str(refund["alerted_at"]) == "2025-10-09 10:00:00"
+    assert refund["action_delivery"] == "sent (2 attempts)"
+    assert metrics(at)["Open, not yet alerted"] == str(len(rows) - 1)
     at.radio[0].set_value("Resolved").run()
     resolved = at.dataframe[0].value
     assert {"order-1042", "order-1049"} <= set(resolved["instance_key"])

@@ -3,11 +3,17 @@ coordstate exporter points at coordstate's port with a queue and retries, and mo
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from analytics.common.telemetry import Telemetry
+from analytics.read.api import prometheus
 from collector.service import read_model
 from tests.helpers import ROOT
 
@@ -60,3 +66,34 @@ def test_load_balancing_sketch_routes_by_trace() -> None:
 @pytest.mark.parametrize("path", sorted((CONFIGS / "models").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_models_load(path: Path) -> None:
     assert read_model(path)[0].workflows
+
+
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None and not os.environ.get("CI"), reason="promtool is not installed (make test installs it)"
+)
+
+
+@needs_promtool
+def test_the_prometheus_rules_pass_promtool_check() -> None:
+    done = subprocess.run([str(PROMTOOL), "check", "rules", str(CONFIGS / "prometheus-rules.yaml")],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 8 rules found" in done.stdout
+
+
+@needs_promtool
+def test_the_prometheus_rules_fire_as_their_unit_tests_say() -> None:
+    done = subprocess.run([str(PROMTOOL), "test", "rules", "prometheus-rules.test.yaml"],
+                          capture_output=True, text=True, cwd=CONFIGS, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+
+
+def test_the_prometheus_rules_read_only_metrics_coordstate_serves() -> None:
+    served = {
+        line.split()[2] for line in prometheus(Telemetry().snapshot(), {}).splitlines() if line.startswith("# TYPE")
+    }
+    used = set(re.findall(r"\b(coordstate_\w+)", (CONFIGS / "prometheus-rules.yaml").read_text()))
+    assert used, "the rules read no coordstate metric"
+    assert used <= served, f"not served by /metrics: {sorted(used - served)}"

@@ -145,7 +145,7 @@ def test_healthz_and_metrics(api: Service) -> None:
     assert 'coordstate_instances{status="converged"} 2' in text
     assert 'coordstate_instances{status="failed"} 1' in text
     assert 'coordstate_instances{status="compensated"} 0' in text
-    assert 'coordstate_open_anomalies{kind="stalled"} 0' in text
+    assert 'coordstate_open_anomalies{kind="stalled",severity="warning"} 0' in text
     assert "coordstate_transitions_written_total 18" in text
     assert "# TYPE coordstate_commit_latency_seconds gauge" in text
 

@@ -27,10 +27,13 @@ from analytics.common.telemetry import Telemetry, TelemetrySnapshot
 from analytics.read.formats import ARROW_STREAM, table_to_arrow, table_to_json
 from analytics.read.queries import STATUSES
 from analytics.read.sandbox import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S, QueryError, run_query
-from processors.types import DropReason, RejectReason
+from processors.rules import SEVERITY
+from processors.types import AnomalyKind, DropReason, RejectReason
 
 REJECT_REASONS: tuple[str, ...] = tuple(r.value for r in RejectReason)
 MAX_SQL_BYTES = 1024 * 1024
+#: outcomes of a webhook request (analytics/notify/actions.py)
+ACTION_OUTCOMES = ("sent", "failed", "rejected", "gave_up")
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -106,9 +109,22 @@ def prometheus(snap: TelemetrySnapshot, instances_by_status: dict[str, int]) -> 
     metric(
         "open_anomalies",
         "gauge",
-        "Open anomalies by kind.",
-        [(f'{{kind="{k.split(":", 1)[1]}"}}', v) for k, v in sorted(g.items()) if k.startswith("open_anomalies:")],
+        "Open anomalies by kind (and the kind's severity).",
+        [
+            (f'{{kind="{kind}",severity="{SEVERITY[AnomalyKind(kind)]}"}}', g.get(f"open_anomalies:{kind}", 0))
+            for kind in AnomalyKind
+        ],
     )
+    metric("status_changes_total", "counter", "Instances entering each status (an instance may enter several).",
+           [(f'{{status="{s}"}}', c.get(f"status_entered:{s}", 0)) for s in STATUSES])  # fmt: skip
+    metric("alerts_delivered_total", "counter", "Anomaly openings and resolutions delivered to alert targets.",
+           [("", c.get("alerts_delivered", 0))])  # fmt: skip
+    metric("alert_delivery_failures_total", "counter", "Requests to alert targets that failed (retried with backoff).",
+           [("", c.get("alert_delivery_failures", 0))])  # fmt: skip
+    metric("alert_backlog", "gauge", "Anomaly openings and resolutions not yet delivered, summed over targets.",
+           [("", g.get("alert_backlog", 0))])  # fmt: skip
+    metric("action_requests_total", "counter", "Reconciliation webhook requests, by outcome.",
+           [(f'{{outcome="{o}"}}', c.get(f"action_requests:{o}", 0)) for o in ACTION_OUTCOMES])  # fmt: skip
     health = sorted(k.split(":", 1)[1] for k in g if k.startswith("model_drift:"))
     metric("model_drift", "gauge", "1 while a required step matches nothing as its workflow's instances keep starting (see the model_health table).",
            [(f'{{workflow="{k.split("|")[0]}",step="{k.split("|")[1]}"}}', g[f"model_drift:{k}"]) for k in health])  # fmt: skip

@@ -175,10 +175,24 @@ def alerts(show: str, kinds: list[str], severities: list[str]) -> str:
         "SELECT severity, kind, workflow, instance_key, step, message, suggested_action, opened_at, resolved_at, "
         "epoch(coalesce(resolved_at, now()::TIMESTAMP) - opened_at) AS age_seconds, "
         "epoch(resolved_at - opened_at) AS healed_after_seconds, "
+        "d.alerted_at, d.alert_resolved_at, "
+        "CASE WHEN x.outcome IS NULL THEN NULL WHEN x.attempts > 1 "
+        "THEN x.outcome || ' (' || x.attempts || ' attempts)' ELSE x.outcome END AS action_delivery, "
         "evidence[1].trace_id AS trace_id "
-        f"FROM anomalies WHERE {' AND '.join(where)} "
+        f"FROM anomalies a {DELIVERY_JOINS} WHERE {' AND '.join(where)} "
         "ORDER BY resolved_at IS NOT NULL, severity, opened_at DESC LIMIT 1000"
     )
+
+
+#: an anomaly's delivery state: first told to an alert target, told resolved; the webhook's
+#: latest outcome and how many requests it took (analytics/notify)
+DELIVERY_JOINS = (
+    "LEFT JOIN (SELECT anomaly_id, min(delivered_at) FILTER (WHERE event = 'opened') AS alerted_at, "
+    "min(delivered_at) FILTER (WHERE event = 'resolved') AS alert_resolved_at "
+    "FROM alert_deliveries GROUP BY anomaly_id) d USING (anomaly_id) "
+    "LEFT JOIN (SELECT anomaly_id, arg_max(outcome, attempted_at) AS outcome, max(attempt) AS attempts "
+    "FROM action_deliveries GROUP BY anomaly_id) x USING (anomaly_id)"
+)
 
 
 def instance_spans(workflow: str, key: str) -> str:

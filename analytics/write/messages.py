@@ -75,8 +75,18 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
+class Record:
+    """Rows appended to a table the pipeline never writes (deliveries of alerts and actions),
+    in a transaction of their own; ``done`` resolves once committed."""
+
+    table: str
+    rows: Any  # a pyarrow.Table whose columns are named as the table's
+    done: Future[CommitReceipt]
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     """Commit what is queued, then leave the writer thread."""
 
 
-Message = Request | Tick | Stop
+Message = Request | Tick | Record | Stop

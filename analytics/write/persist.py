@@ -29,6 +29,8 @@ RETAINED_TABLES = (
     ("spans", "end_time"),
     ("instance_history", ""),
     ("anomalies", ""),
+    ("alert_deliveries", ""),
+    ("action_deliveries", ""),
     ("instances", ""),
 )
 

@@ -205,6 +205,41 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    (
+        5,
+        "alerts and actions: deliveries",
+        """
+        -- each anomaly told to an alert target (Alertmanager, OTLP logs): the durable outbox is
+        -- the anomalies table itself, minus what this table says was delivered (analytics/notify)
+        CREATE TABLE alert_deliveries (
+            anomaly_id    VARCHAR NOT NULL,
+            workflow      VARCHAR NOT NULL,
+            instance_key  VARCHAR NOT NULL,
+            target        VARCHAR NOT NULL,   -- alertmanager <url> | otlp-logs <host:port>
+            event         VARCHAR NOT NULL,   -- opened | resolved
+            attempts      INTEGER NOT NULL,   -- requests it took
+            delivered_at  TIMESTAMP NOT NULL
+        );
+        -- every request of a reconciliation webhook (and every dry run or cancellation)
+        CREATE TABLE action_deliveries (
+            anomaly_id    VARCHAR NOT NULL,
+            workflow      VARCHAR NOT NULL,
+            instance_key  VARCHAR NOT NULL,
+            kind          VARCHAR NOT NULL,
+            step          VARCHAR NOT NULL,
+            url           VARCHAR NOT NULL,
+            attempt       INTEGER NOT NULL,   -- 1, 2, ... (0: no request was made)
+            outcome       VARCHAR NOT NULL,   -- sent | failed | rejected | gave_up | dry_run | cancelled
+            final         BOOLEAN NOT NULL,   -- no further request will be made for this anomaly
+            response_code INTEGER,            -- NULL: no response (connection error, timeout)
+            error         VARCHAR NOT NULL,   -- what went wrong, '' when sent
+            attempted_at  TIMESTAMP NOT NULL
+        );
+        """,
+    ),
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 

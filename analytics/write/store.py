@@ -40,6 +40,7 @@ from analytics.write.messages import (
     CommitReceipt,
     Message,
     ObserverProtocol,
+    Record,
     Request,
     Stop,
     StoreClosed,
@@ -77,6 +78,8 @@ EVICT_AFTER_NS = 10 * 60 * 1_000_000_000
 #: (~2 KB each: at 70k spans/s, ten quiet minutes would be ~2M instances)
 MAX_LOADED_INSTANCES = 200_000
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL_STATUSES)
+#: tables appended to through :meth:`Store.record` (nothing else writes them)
+RECORD_TABLES = ("alert_deliveries", "action_deliveries")
 
 # DuckDB shares one database instance per file inside a process, so its file lock cannot stop a
 # second Store here from becoming a second writer: this registry does.
@@ -128,6 +131,9 @@ class Store:
         self._timers: list[tuple[int, str, str]] = []
         self._last: dict[InstanceId, tuple[str, int]] = {}
         self._real_path = ""
+        #: called by the writer after each commit that opened or resolved anomalies (the alert
+        #: dispatcher's inbox): must return at once and never raise
+        self.listeners: list[Callable[[Changes], None]] = []
         #: test seam for storage faults: called inside each transaction just before COMMIT; an
         #: exception it raises is handled exactly like a failing disk
         self.fault: Callable[[], None] | None = None
@@ -245,6 +251,17 @@ class Store:
         self._queue.put(Tick(done, limit))
         return done
 
+    def record(self, table: str, rows: Any) -> Future[CommitReceipt]:
+        """Append Arrow ``rows`` to ``table`` (one of RECORD_TABLES) through the writer."""
+        if table not in RECORD_TABLES:
+            raise ValueError(f"{table} is not a table of records ({', '.join(RECORD_TABLES)})")
+        done: Future[CommitReceipt] = Future()
+        if self._closed.is_set():
+            done.set_exception(StoreClosed("the store is closed"))
+            return done
+        self._queue.put(Record(table, rows, done))
+        return done
+
     def observe(self, event_ns: int) -> None:
         """The latest event time of a request just accepted (committed, or wholly unmatched):
         the clock's watermark may move forward with it."""
@@ -267,12 +284,15 @@ class Store:
                 item = None
             batch: list[Request] = []
             ticks: list[Tick] = []  # explicit ones, each with its own limit
+            records: list[Record] = []
             spans = 0
             while item is not None:
                 if isinstance(item, Stop):
                     stopping = True
                 elif isinstance(item, Tick):
                     ticks.append(item)
+                elif isinstance(item, Record):
+                    records.append(item)
                 else:
                     batch.append(item)
                     spans += len(item.records)
@@ -285,6 +305,8 @@ class Store:
             try:
                 if batch:
                     self._commit(batch)
+                if records:
+                    self._append_records(records)
                 if ticks:  # asked for (tick_now): each with its own limit
                     for tick in ticks:
                         self._tick(tick.limit)
@@ -301,6 +323,9 @@ class Store:
             for tick in ticks:
                 if not tick.done.done():
                     tick.done.set_result(CommitReceipt(0, 0))
+            for rec in records:
+                if not rec.done.done():
+                    rec.done.set_exception(StoreUnavailable("the records were not committed; retry"))
             self.telemetry.set("queue_depth", self._queue.qsize())
             self.telemetry.sample_rate("spans_received", "spans_per_second", time.monotonic())
             if stopping and self._queue.empty():
@@ -336,6 +361,21 @@ class Store:
             self.telemetry.add_dropped(result.dropped)  # type: ignore[arg-type]
         self.telemetry.set("commit_latency_seconds", elapsed)
         self.telemetry.set("pending_spans", self._processor.pending_count)
+
+    def _append_records(self, records: list[Record]) -> None:
+        con = self._con
+
+        def append() -> None:
+            for i, rec in enumerate(records):
+                con.register(f"_records_{i}", rec.rows)
+                try:
+                    con.execute(f"INSERT INTO {rec.table} BY NAME SELECT * FROM _records_{i}")
+                finally:
+                    con.unregister(f"_records_{i}")
+
+        if persist.in_transaction(con, "appending delivery records", append):
+            for rec in records:
+                rec.done.set_result(CommitReceipt(0, 0))
 
     def _tick(self, limit: int | None) -> None:
         try:
@@ -403,11 +443,19 @@ class Store:
             self.telemetry.add("commit_failures")
             self._rollback_and_rebuild()
             return False
+        if changes.opened or changes.resolved:
+            for listener in self.listeners:
+                try:
+                    listener(changes)
+                except Exception:  # a listener's bug must not cost the writer
+                    log.exception("an anomaly listener failed")
         self.health.observe(
             result.transitions, [(s.workflow, s.started_at_ns) for s in states if (s.workflow, s.key) in result.created]
         )
         for state in states:
             inst = (state.workflow, state.key)
+            if self._last.get(inst, ("",))[0] != state.status.value:
+                self.telemetry.add(f"status_entered:{state.status.value}")
             self._last[inst] = (state.status.value, len(state.history))
             self._schedule(state, now)
             if state.status in TERMINAL_STATUSES:

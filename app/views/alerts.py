@@ -27,17 +27,22 @@ def alerts() -> None:
         st.success("No anomalies match." if kinds or severity or show != "Open" else "No open anomalies.")
         return
     open_count = int(rows["resolved_at"].isna().sum())
-    cols = st.columns(3)
+    cols = st.columns(4)
     cols[0].metric("Shown", len(rows))
     cols[1].metric("Open", open_count)
     healed = rows["healed_after_seconds"].dropna()
     cols[2].metric("Median time to heal", f"{healed.median():.1f} s" if not healed.empty else "—")
+    untold = int((rows["resolved_at"].isna() & rows["alerted_at"].isna()).sum())
+    cols[3].metric("Open, not yet alerted", untold, help="no alert target has acknowledged them (or none is set)")
     rows["trace"] = [trace_link(t) if isinstance(t, str) else None for t in rows["trace_id"]]
     column_config: dict[str, Any] = {
         "suggested_action": st.column_config.TextColumn("suggested action", width="large"),
         "message": st.column_config.TextColumn("message", width="large"),
         "age_seconds": st.column_config.NumberColumn("age (s)", format="%.1f"),
         "healed_after_seconds": st.column_config.NumberColumn("healed after (s)", format="%.1f"),
+        "alerted_at": st.column_config.DatetimeColumn("alerted", help="first delivered to an alert target"),
+        "alert_resolved_at": st.column_config.DatetimeColumn("alert resolved", help="resolution delivered"),
+        "action_delivery": st.column_config.TextColumn("action", help="the reconciliation webhook's latest outcome"),
     }
     if src.trace_url:
         column_config["trace"] = st.column_config.LinkColumn("trace", display_text="open trace")
