@@ -76,8 +76,9 @@ def _attr(span: Span, key: str, value: str | int) -> None:
         kv.value.string_value = value
 
 
-def build_request(seed: int, spans_per_request: int) -> bytes:
-    """One export request with ~20% matching spans, grouped by service like an SDK batch."""
+def build_request(seed: int, spans_per_request: int, double_charges: float = 0.0) -> bytes:
+    """One export request with ~20% matching spans, grouped by service like an SDK batch;
+    ``double_charges``: the share of orders charged twice (a duplicate_action each)."""
     rnd = random.Random(seed)
     by_service: dict[str, list[Span]] = {}
     t0 = time.time_ns()
@@ -87,12 +88,15 @@ def build_request(seed: int, spans_per_request: int) -> bytes:
         order_id = f"order-{ORDER_MARKER.decode()}-{seed}-{rnd.randrange(1 << 40):x}"
         root_id = rnd.randbytes(8)
         start = t0 + rnd.randrange(1_000_000_000)
-        for service, name, offset, dur in (
+        steps = [
             ("checkout", "PlaceOrder", 0, 900),
             ("payment", "Charge", 100, 200),
             ("inventory", "Reserve", 320, 80),
             ("shipping", "ShipOrder", 500, 300),
-        ):
+        ]
+        if double_charges and rnd.random() < double_charges:
+            steps.append(("payment", "Charge", 150, 200))  # a retry that charged again
+        for service, name, offset, dur in steps:
             sp = Span(
                 trace_id=trace_id,
                 span_id=root_id if name == "PlaceOrder" else rnd.randbytes(8),

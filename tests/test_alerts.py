@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from collector.service import ServeConfig, Service
@@ -129,3 +130,32 @@ def test_an_anomaly_opened_before_a_crash_is_delivered_once_after_the_restart(tm
         assert len(resent) == 1
         assert again.query("SELECT count(*) FROM alert_deliveries") == [(1,)]
         assert again.terminate() == 0
+
+
+def test_alerts_wait_for_a_down_alertmanager_and_arrive_when_it_returns(tmp_path: Path) -> None:
+    with AlertmanagerProcess(tmp_path / "probe") as probe:
+        port = probe.port  # nothing listens there now
+    clock = ManualClock(T0)
+    config = ServeConfig(model=str(ORDERS_MODEL), db=str(tmp_path / "down.duckdb"), otlp_grpc="127.0.0.1:0",
+                         otlp_http=None, api="127.0.0.1:0", tick_interval_s=3600, delivery_backoff_s=0.05,
+                         alertmanager=(f"http://127.0.0.1:{port}",))  # fmt: skip
+    with Service(config, clock=clock) as service:
+        emitter = Emitter(lambda: grpc_exporter(service.grpc_endpoint))
+        emitter.emit(SCENARIOS["double-charge"]("o-waiting"), T0)
+        emitter.shutdown()
+        clock.set(T0 + 20 * SECOND)
+        service.store.tick_now()
+        assert service.alerts is not None
+        wait_until(lambda: service.telemetry.snapshot().counters.get("alert_delivery_failures", 0) >= 2,
+                   what="deliveries failing while Alertmanager is down")  # fmt: skip
+        assert query_live(service.store, "SELECT count(*) FROM alert_deliveries") == [(0,)]
+        metrics = httpx.get(f"{service.api_url}/metrics").text
+        assert "coordstate_alert_backlog 1" in metrics
+        with AlertmanagerProcess(tmp_path / "am", port=port) as am:
+            alerts = wait_until(am.alerts, what="the alert delivered once Alertmanager is back")
+            assert [a["labels"]["instance_key"] for a in alerts] == ["o-waiting"]
+            recorded = wait_until(lambda: query_live(service.store, "SELECT event, attempts FROM alert_deliveries"),
+                                  what="the delivery recorded")  # fmt: skip
+            [(event, attempts)] = recorded
+            assert event == "opened"
+            assert int(str(attempts)) >= 3  # two failed, then the one that arrived

@@ -68,7 +68,7 @@ class ActionRunner(Worker):
         *,
         dry_run: bool = False,
         backoff_s: float = 1.0,
-        max_backoff_s: float = 60.0,
+        max_backoff_s: float = 30.0,
         wall_ns: Callable[[], int] = time.time_ns,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -59,7 +59,7 @@ class AlertDispatcher(Worker):
         *,
         resend_s: float = 60.0,
         backoff_s: float = 1.0,
-        max_backoff_s: float = 60.0,
+        max_backoff_s: float = 30.0,
         wall_ns: Callable[[], int] = time.time_ns,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
