@@ -39,10 +39,11 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: $(STAMP)
+bench: $(STAMP) alerting
 	$(PY) bench/ingest.py
 	$(PY) bench/queries.py
 	$(PY) -m bench.discover
+	$(PY) -m bench.alerts
 
 # The reliability campaign at full counts (+ >= 10 minutes of fuzzing); prints the README table.
 soak: $(STAMP) browser

@@ -149,7 +149,8 @@ class ActionSpec(_Strict):
     def _url(self) -> ActionSpec:
         if self.webhook is not None and not re.match(r"^https?://[^/\s]+", self.webhook):
             raise PydanticCustomError(
-                "webhook", "webhook {url!r} is not an http(s) URL, e.g. http://reconciler:8080/hooks/refund",
+                "webhook",
+                "webhook {url!r} is not an http(s) URL, e.g. http://reconciler:8080/hooks/refund",
                 {"url": self.webhook},
             )
         return self

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
@@ -19,6 +19,7 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
 from analytics.notify.anomaly import Anomaly, Links
+from processors.rules import Severity
 
 #: alerts per request to Alertmanager
 ALERTS_PER_REQUEST = 500
@@ -139,7 +140,10 @@ class Alertmanager:
         pass
 
 
-SEVERITY_NUMBER = {"warning": logs_pb2.SEVERITY_NUMBER_WARN, "critical": logs_pb2.SEVERITY_NUMBER_ERROR}
+SEVERITY_NUMBER: dict[str, Any] = {
+    Severity.WARNING: logs_pb2.SEVERITY_NUMBER_WARN,
+    Severity.CRITICAL: logs_pb2.SEVERITY_NUMBER_ERROR,
+}
 
 
 def _attr(key: str, value: str) -> common_pb2.KeyValue:
