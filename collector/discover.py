@@ -9,6 +9,8 @@
 3. **Steps**: server, producer and consumer spans (client and internal spans are the same work
    seen from the caller or inside it) and span events that recur in instances, with ids in names
    generalised to ``*``. Required when present in ≥ 90 % of the instances without any error (lost spans happen).
+   A span or event that repeats within most instances that have it (a lookup per cart item) is a
+   call, not a step: left out, with a comment.
 4. **requires**: A completes before B starts in ≥ 99 % of the instances where both occur (only
    the nearest such steps are kept); **start**: the step that starts first in most instances,
    among those seen in nearly all of them;
@@ -16,7 +18,8 @@
 5. **Compensations**: a rare step that mostly follows a failure, or whose name says it undoes
    something (refund, cancel, …), is proposed as a comment for a person to confirm.
 
-The aggregation runs in an in-memory DuckDB; files are read twice when no ``--key`` is given.
+The aggregation runs in an in-memory DuckDB, loaded by processes side by side
+(``collector/discover_load.py``); the first spans are read once more when no ``--key`` is given.
 (Over 400 lines on purpose: one algorithm in stages that share that database and its SQL, and
 the model file it writes; each stage is a function of its own.)
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,20 +38,23 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from collector import wire
+from collector import discover_load
 from collector.decode import _service
+from collector.decoders import auto_workers
+from collector.discover_load import string_attrs
 from collector.replay import Skipped, requests_in
 from processors.model import format_duration
 
-KEY_SAMPLE_SPANS = 200_000
-CHUNK = 100_000
+KEY_SAMPLE_SPANS = 100_000
 STEP_KINDS = (2, 4, 5)  # server, producer, consumer
 MIN_SHARE = 0.02  # a step occurs in at least this share of instances
 REQUIRED_SHARE = 0.9
+#: a span or event seen more than once in more than this share of the instances that have it is
+#: a call made per item (a product lookup per cart line), not a step: a retry is rarer than that
+REPEATED_SHARE = 0.2
 PRECEDENCE = 0.99
 FAILURE_WORDS = ("fail", "error", "reject", "declin", "denied")
 UNDO_WORDS = ("refund", "cancel", "revert", "rollback", "undo", "compensat", "void", "reversal", "release")
-_ID_PART = re.compile(r"(?<![A-Za-z])(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{4,}|[0-9a-fA-F-]{16,}")
 
 
 class DiscoverError(ValueError):
@@ -91,17 +98,38 @@ class Discovery:
     p99_ns: int
     wait_ns: int
     spans: int
+    #: (service, span or event name, share of its instances with it more than once): left out
+    repeated: list[tuple[str, str, float]] = field(default_factory=list)
+    #: what fit needs of the files, counted here so that it does not read them again
+    counts: NameCounts | None = None
+
+
+@dataclass
+class NameCounts:
+    traces: int
+    span_names: Counter[tuple[str, str]]
+    event_names: Counter[tuple[str, str]]
+    #: spans of traces keyed by the business key (or linking to one)
+    keyed_names: Counter[tuple[str, str]]
+
+
+def _name_counts(con: duckdb.DuckDBPyConnection) -> NameCounts:
+    def counter(sql: str) -> Counter[tuple[str, str]]:
+        return Counter({(service, name): int(n) for service, name, n in con.execute(sql).fetchall()})
+
+    return NameCounts(
+        int(_one(con, "SELECT count(DISTINCT trace) FROM spans")[0]),
+        counter("SELECT service, name, count(*) FROM spans GROUP BY ALL"),
+        counter("SELECT service, name, count(*) FROM events GROUP BY ALL"),
+        counter("SELECT service, name, count(*) FROM spans "
+                "WHERE trace IN (SELECT trace FROM instance_of WHERE NOT fallback) GROUP BY ALL"),
+    )  # fmt: skip
 
 
 def _one(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> tuple[Any, ...]:
     row = con.execute(sql, params or []).fetchone()
     assert row is not None  # an aggregate always returns a row
     return row
-
-
-def generalise(name: str) -> str:
-    """Ids embedded in a name become ``*``: ``GET /api/products/1YMWWN1N4O`` → ``GET /api/products/*``."""
-    return _ID_PART.sub("*", name) if any(c.isdigit() for c in name) else name
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -117,16 +145,6 @@ def _spans(files: Iterable[Path]) -> Iterator[tuple[str, Any, Any]]:
                         yield service, resource, sp
 
 
-def _string_attrs(blobs: Iterable[bytes]) -> Iterator[tuple[str, str]]:
-    for blob in blobs:
-        try:
-            kv = wire.key_value(blob)
-        except Exception:
-            continue
-        if kv.value.WhichOneof("value") == "string_value" and 0 < len(kv.value.string_value) <= 128:
-            yield kv.key, kv.value.string_value
-
-
 def rank_keys(files: list[Path]) -> list[KeyCandidate]:
     con = duckdb.connect()
     rows: dict[str, list[Any]] = {"trace": [], "service": [], "key": [], "value": []}
@@ -137,7 +155,7 @@ def rank_keys(files: list[Path]) -> list[KeyCandidate]:
             break
         trace = sp.trace_id.hex()
         traces.add(trace)
-        attrs = list(_string_attrs(sp.attributes))
+        attrs = list(string_attrs(sp.attributes))
         attrs += [(kv.key, kv.value.string_value) for kv in resource.attributes if kv.value.string_value]
         for key, value in attrs:
             rows["trace"].append(trace)
@@ -181,68 +199,15 @@ def rank_keys(files: list[Path]) -> list[KeyCandidate]:
 
 
 def _load(con: duckdb.DuckDBPyConnection, files: list[Path], key: str) -> int:
-    """Every span (trace, service, generalised name, kind, times, error, root), event, link and
-    key value into tables of ``con``; returns the number of spans."""
-    prefix = wire.key_prefix(key)
-    names: dict[str, str] = {}
-    cols: dict[str, list[Any]] = {c: [] for c in ("trace", "service", "name", "kind", "start", "end", "error", "root")}
-    events: dict[str, list[Any]] = {c: [] for c in ("trace", "service", "name", "time")}
-    links: dict[str, list[Any]] = {"trace": [], "target": []}
-    keys: dict[str, list[Any]] = {"trace": [], "value": []}
+    """Every span, event, link and key value into tables of ``con``; returns the number of spans."""
     total = 0
-
-    def flush() -> None:
-        for table, data in (("spans", cols), ("events", events), ("links", links), ("keys", keys)):
-            if data["trace"]:
-                con.register("_chunk", pa.table(data))
-                con.execute(f"INSERT INTO {table} SELECT * FROM _chunk")
-                con.unregister("_chunk")
-            for column in data.values():
-                column.clear()
-
-    for service, resource, sp in _spans(files):
-        total += 1
-        trace = sp.trace_id.hex()
-        name = names.get(sp.name)
-        if name is None:
-            name = names[sp.name] = generalise(sp.name)
-        for column, value in zip(
-            cols.values(),
-            (
-                trace,
-                service,
-                name,
-                sp.kind,
-                sp.start_time_unix_nano,
-                sp.end_time_unix_nano,
-                sp.status.code == 2,
-                not sp.parent_span_id,
-            ),
-            strict=True,
-        ):
-            column.append(value)
-        for ev in sp.events:
-            event = names.get(ev.name)
-            if event is None:
-                event = names[ev.name] = generalise(ev.name)
-            for column, value in zip(events.values(), (trace, service, event, ev.time_unix_nano or sp.end_time_unix_nano), strict=True):  # fmt: skip
-                column.append(value)
-        for link in sp.links:
-            links["trace"].append(trace)
-            links["target"].append(link.trace_id.hex())
-        for blob in sp.attributes:
-            if blob.startswith(prefix):
-                for k, value in _string_attrs([blob]):
-                    if k == key:
-                        keys["trace"].append(trace)
-                        keys["value"].append(value)
-        for kv in resource.attributes:
-            if kv.key == key and kv.value.string_value:
-                keys["trace"].append(trace)
-                keys["value"].append(kv.value.string_value)
-        if len(cols["trace"]) >= CHUNK:
-            flush()
-    flush()
+    for tables, spans in discover_load.load(files, key, auto_workers()):
+        for name, table in tables.items():
+            if table.num_rows:
+                con.register("_part", table)
+                con.execute(f"INSERT INTO {name} SELECT * FROM _part")
+                con.unregister("_part")
+        total += spans
     return total
 
 
@@ -269,10 +234,10 @@ CREATE TABLE instance_of AS
         WHERE r.trace NOT IN (SELECT trace FROM trace_key) AND r.trace NOT IN (SELECT trace FROM linked);
 CREATE TABLE occurrences AS
     SELECT i.instance, s.service, s.name, NULL AS event, min(s."start") AS first_start, min(s."end") AS first_end,
-           bool_or(s.error) AS failed
+           bool_or(s.error) AS failed, count(*) AS calls
     FROM spans s JOIN instance_of i USING (trace) WHERE s.kind IN (2, 4, 5) GROUP BY ALL
     UNION ALL
-    SELECT i.instance, e.service, NULL, e.name, min(e."time"), min(e."time"), false
+    SELECT i.instance, e.service, NULL, e.name, min(e."time"), min(e."time"), false, count(*)
     FROM events e JOIN instance_of i USING (trace) GROUP BY ALL;
 CREATE TABLE troubled AS
     SELECT DISTINCT i.instance FROM spans s JOIN instance_of i USING (trace) WHERE s.error;
@@ -300,11 +265,13 @@ def discover(files: list[Path], key: str | None = None) -> Discovery:
         )
         if not instances:
             raise DiscoverError(f"no span carries {chosen.attribute!r}: name the business key with --key ATTR")
-        steps = _steps(con, instances)
+        repeated: list[tuple[str, str, float]] = []
+        steps = _steps(con, instances, repeated)
         _times(con, steps)  # step_times: what _start, _requires and _compensations read
         start = _start(con, steps)
         _requires(con, steps)
         _compensations(con, steps)
+        counts = _name_counts(con)
         p99 = int(_one(con,
             "SELECT quantile_cont(d, 0.99) FROM (SELECT max(first_end) - min(first_start) AS d FROM occurrences GROUP BY instance)"
         )[0] or 0)  # fmt: skip
@@ -316,7 +283,7 @@ def discover(files: list[Path], key: str | None = None) -> Discovery:
         con.close()
     return Discovery(
         chosen, ranked, int(instances), int(fallback), steps, start,
-        _round_up(max(2 * p99, 30_000_000_000)), p99, _round_up(max(3 * wait, 10_000_000_000)), spans,
+        _round_up(max(2 * p99, 30_000_000_000)), p99, _round_up(max(3 * wait, 10_000_000_000)), spans, repeated, counts,
     )  # fmt: skip
 
 
@@ -342,13 +309,14 @@ def _step_name(service: str, name: str, taken: set[str]) -> str:
     return text
 
 
-def _steps(con: duckdb.DuckDBPyConnection, instances: int) -> list[Step]:
+def _steps(con: duckdb.DuckDBPyConnection, instances: int, repeats: list[tuple[str, str, float]]) -> list[Step]:
+    """The steps, and (into ``repeats``) what recurs in instances but repeats within them."""
     clean = _one(con, "SELECT count(DISTINCT instance) FROM instance_of WHERE instance NOT IN (SELECT instance FROM troubled)")[0]  # fmt: skip
     rows = con.execute(
         """
         SELECT service, name, event, count(*) AS n,
                count(*) FILTER (WHERE instance NOT IN (SELECT instance FROM troubled)) AS n_clean,
-               min(first_start) AS t
+               min(first_start) AS t, count(*) FILTER (WHERE calls > 1) / count(*) AS repeated
         FROM occurrences GROUP BY ALL HAVING count(*) >= greatest(2, ? * ?) ORDER BY t
         """,
         [MIN_SHARE, instances],
@@ -356,7 +324,10 @@ def _steps(con: duckdb.DuckDBPyConnection, instances: int) -> list[Step]:
     steps: list[Step] = []
     taken: set[str] = set()
     by_event_prefix: dict[tuple[str, str], Step] = {}
-    for service, span, event, n, n_clean, _ in rows:
+    for service, span, event, n, n_clean, _, repeated in rows:
+        if repeated > REPEATED_SHARE:
+            repeats.append((service, span if event is None else event, repeated))
+            continue
         share, clean_share = n / instances, (n_clean / clean if clean else 0.0)
         if event is not None:
             failing = any(w in event.lower() for w in FAILURE_WORDS)
@@ -502,4 +473,7 @@ def render_model(d: Discovery, workflow: str = "discovered") -> str:
             lines.append("        optional: true")
         if s.compensates:
             lines.append(f"        # compensated_by: {s.compensates[0]}   # candidate, confirm: {s.compensates[1]}")
+    for service, name, share in d.repeated:
+        lines.append(f"      # left out: {service} / {q(name)}, more than once in {share:.0%} of the instances that have it "
+                     "(a call per item, not a step)")  # fmt: skip
     return "\n".join(lines) + "\n"

@@ -175,16 +175,40 @@ def summarize_traffic(model_file: ModelFile, files: list[Path]) -> TrafficSummar
     return TrafficSummary(traffic.spans, len(traffic.traces), traffic.span_names, traffic.event_names, unmatched)
 
 
-def fit_files(model: CompiledModel, files: list[Path], source: str) -> FitReport:
-    # the files are read twice at once: for names and counts in another process, and replayed here
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending = pool.submit(summarize_traffic, model.model, files)
-        with tempfile.TemporaryDirectory(prefix="coordstate-fit-") as tmp:
-            db = Path(tmp) / "fit.duckdb"
+def summary_from_counts(
+    model: CompiledModel,
+    spans: int,
+    traces: int,
+    span_names: Counter[tuple[str, str]],
+    event_names: Counter[tuple[str, str]],
+    keyed_names: Counter[tuple[str, str]],
+) -> TrafficSummary:
+    """The summary from counts already taken (``discover`` has them): spans by (service, name),
+    events likewise, and spans of traces keyed by the (one) workflow's key."""
+    unmatched = {
+        wf.name: Counter({
+            (service, name): n for (service, name), n in keyed_names.items()
+            if not any(s.workflow == wf.name for s in model.span_steps(service, name))
+        })
+        for wf in model.workflows.values()
+    }  # fmt: skip
+    return TrafficSummary(spans, traces, span_names, event_names, unmatched)
+
+
+def fit_files(model: CompiledModel, files: list[Path], source: str, traffic: TrafficSummary | None = None) -> FitReport:
+    """``traffic``: the files' summary when the caller has it; else the files are read twice at
+    once: for names and counts in another process, and replayed here."""
+    with tempfile.TemporaryDirectory(prefix="coordstate-fit-") as tmp:
+        db = Path(tmp) / "fit.duckdb"
+        if traffic is None:
+            with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                pending = pool.submit(summarize_traffic, model.model, files)
+                replay(files, model, db, progress=False, settle=True)
+                traffic = pending.result()
+        else:
             replay(files, model, db, progress=False, settle=True)
-            fetch: Fetch = lambda sql: query_file(db, sql)  # noqa: E731
-            outcomes = {name: _outcomes(fetch, name) for name in model.workflows}
-        traffic = pending.result()
+        fetch: Fetch = lambda sql: query_file(db, sql)  # noqa: E731
+        outcomes = {name: _outcomes(fetch, name) for name in model.workflows}
     workflows = [_workflow_fit(model, wf, traffic, outcomes[wf.name]) for wf in model.workflows.values()]
     return FitReport(source, traffic.spans, traffic.traces, workflows)
 

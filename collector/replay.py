@@ -91,15 +91,16 @@ def _length_prefixed(data: bytes) -> tuple[list[bytes], int]:
     return out, pos
 
 
-def _parse_all(frames: list[bytes]) -> list[WireRequest] | None:
+def _try_parse(frame: bytes) -> WireRequest | None:
     try:
-        return [parse_protobuf(frame) for frame in frames]
+        return parse_protobuf(frame)
     except PayloadError:
         return None
 
 
 def requests_in(path: Path) -> Iterator[WireRequest | Skipped]:
-    """Every export request in one file, whatever of the supported formats it is in.
+    """Every export request in one file, whatever of the supported formats it is in, parsed one
+    at a time as it is consumed (a parsed million-span file would hold ~1 GB).
 
     Records that cannot be read come as :class:`Skipped`; a file that is none of the formats
     raises :class:`ReplayError`.
@@ -114,22 +115,24 @@ def requests_in(path: Path) -> Iterator[WireRequest | Skipped]:
                     yield Skipped(f"{path}:{lineno}", str(exc))
         return
     frames, end = _length_prefixed(data)
-    parsed = _parse_all(frames) if frames else None
-    if parsed is not None and end == len(data):
-        yield from parsed
-        return
-    try:
-        single = parse_protobuf(data)
-    except PayloadError as exc:
-        if parsed is None:  # not even the complete frames are OTLP: not a file we know
+    first = _try_parse(frames[0]) if frames else None
+    if first is None:  # not length-prefixed (a message's first bytes make no plausible length): one message
+        try:
+            single = parse_protobuf(data)
+        except PayloadError as exc:
             raise ReplayError(
                 f"{path}: neither OTLP/JSON lines nor OTLP protobuf (single or length-prefixed): {exc}"
             ) from exc
-        # length-prefixed messages whose last one was cut short (the writer stopped mid-write)
-        yield from parsed
-        yield Skipped(f"{path}: bytes {end}-{len(data)}", "a truncated last message (the file ends inside it)")
+        yield single
         return
-    yield single
+    size = len(data)
+    del data
+    yield first
+    for number, frame in enumerate(frames[1:], start=2):
+        parsed = _try_parse(frame)
+        yield parsed if parsed is not None else Skipped(f"{path}: message {number}", "not an OTLP protobuf message")
+    if end != size:
+        yield Skipped(f"{path}: bytes {end}-{size}", "a truncated last message (the file ends inside it)")
 
 
 def _check_readable(files: list[Path]) -> None:

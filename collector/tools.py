@@ -17,7 +17,7 @@ from pathlib import Path
 from analytics.read.client import DEFAULT_API_URL, query_api, query_file
 from analytics.read.ocel import Fetch, ocel_document
 from collector.discover import DiscoverError, discover, render_model
-from collector.fit import fit_files, fit_stored, render_fit
+from collector.fit import fit_files, fit_stored, render_fit, summary_from_counts
 from collector.service import DEFAULT_MODEL, load_compiled
 from processors.matching import CompiledModel
 from processors.model import parse_model
@@ -89,7 +89,11 @@ def _cmd_discover(args: argparse.Namespace) -> int:
         raise ToolError(str(exc)) from exc
     text = render_model(found, args.workflow)
     compiled = CompiledModel(parse_model(text, "discovered model"))  # it must be a valid model
-    report = render_fit(fit_files(compiled, files, ", ".join(args.files)))
+    counts = found.counts
+    traffic = None if counts is None else summary_from_counts(
+        compiled, found.spans, counts.traces, counts.span_names, counts.event_names, counts.keyed_names
+    )  # fmt: skip
+    report = render_fit(fit_files(compiled, files, ", ".join(args.files), traffic))
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"wrote {args.output}: workflow {args.workflow}, key {found.key.attribute}, {len(found.steps)} steps")

@@ -11,8 +11,9 @@ One order, as the services instrument it:
   order's work, with the events ``prepared``, ``charged`` and ``shipped``; the order id
   (``app.order.id`` in 2.2, ``demo.order.id`` in 3.x) is set on it at the very end, and only when
   the checkout succeeded. Its children: ``prepareOrderItemsAndShippingQuoteFromCart`` (GetCart,
-  GetProduct and Convert calls, the shipping quote), the client calls to payment, shipping (HTTP,
-  otelhttp), cart ``EmptyCart`` and email, and the Kafka producer span ``orders publish``.
+  GetProduct and Convert per cart item, the shipping quote and its conversion), the client calls
+  to payment, shipping (HTTP, otelhttp), cart ``EmptyCart`` and email, and the Kafka producer
+  span ``orders publish``.
 - ``payment`` (Node gRPC instrumentation): ``grpc.oteldemo.PaymentService/Charge``, child ``charge``.
 - ``shipping`` (Rust actix-web, HTTP since 2.x): ``/ship-order`` (2.2), ``POST /ship-order`` (3.x).
 - ``cart`` (.NET, ASP.NET Core gRPC): ``oteldemo.CartService/EmptyCart`` (2.2),
@@ -207,9 +208,13 @@ class Shop:
         )
         self.call(order, tr, prep, "oteldemo.CartService/GetCart",
                   ("cart", n.name("oteldemo.CartService/GetCart", "POST /oteldemo.CartService/GetCart", "oteldemo.CartService/GetCart")), c + MS, ms(3, 6))  # fmt: skip
-        self.call(order, tr, prep, "oteldemo.ProductCatalogService/GetProduct", ("product-catalog", "oteldemo.ProductCatalogService/GetProduct"), c + 10 * MS, ms(2, 5))  # fmt: skip
-        self.call(order, tr, prep, "oteldemo.CurrencyService/Convert", ("currency", "Convert"), c + 18 * MS, ms(1, 3))
-        self.call(order, tr, prep, http_post, ("shipping", n.name("/get-quote", "POST /get-quote", "POST /get-quote")), c + 24 * MS, ms(5, 12))  # fmt: skip
+        # prepOrderItems: per cart item, the product and its price in the user's currency; then
+        # the shipping quote, and its price converted too (Convert runs items + 1 times)
+        for i in range(1 + int(order_id[:8], 16) % 4):  # 1-4 items, from the order id: no extra draw
+            self.call(order, tr, prep, "oteldemo.ProductCatalogService/GetProduct", ("product-catalog", "oteldemo.ProductCatalogService/GetProduct"), c + (8 + 4 * i) * MS, ms(1, 2))  # fmt: skip
+            self.call(order, tr, prep, "oteldemo.CurrencyService/Convert", ("currency", "Convert"), c + (10 + 4 * i) * MS, ms(1, 2))  # fmt: skip
+        self.call(order, tr, prep, http_post, ("shipping", n.name("/get-quote", "POST /get-quote", "POST /get-quote")), c + 26 * MS, ms(5, 10))  # fmt: skip
+        self.call(order, tr, prep, "oteldemo.CurrencyService/Convert", ("currency", "Convert"), c + 37 * MS, ms(1, 2))
         c += 41 * MS
         events.append(Event("prepared", timestamp=c))
         # the charge
