@@ -5,12 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: up test test-duckdb2 lint fmt bench soak check clean browser alerting screenshots
+.PHONY: up test test-duckdb2 lint fmt bench soak check clean browser alerting postgres screenshots
 
 up: $(STAMP)
 	$(VENV)/bin/coordstate up --demo
 
-test: $(STAMP) $(NODE_STAMP) browser alerting lint
+test: $(STAMP) $(NODE_STAMP) browser alerting postgres lint
 	$(PY) -m pytest
 
 # Debian's Chromium for the browser test (Playwright drives it; no browser download).
@@ -26,6 +26,14 @@ alerting:
 		echo "installing Debian's prometheus-alertmanager and prometheus (promtool) for the alerting tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 			prometheus-alertmanager prometheus >/dev/null; }
+
+# Debian's PostgreSQL server binaries for the lake tests, which start a throwaway cluster of their
+# own (initdb in a temporary directory, a free port) and remove it.
+postgres:
+	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v psql; } >/dev/null 2>&1 || { \
+		echo "installing Debian's postgresql (server binaries) for the lake tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			postgresql >/dev/null; }
 
 screenshots: $(STAMP) browser
 	COORDSTATE_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_browser.py

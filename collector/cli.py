@@ -17,7 +17,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from analytics.common.http import is_port, split_address
-from analytics.read.client import DEFAULT_API_URL, ApiUnavailable, ClientError, QueryFailed, query_api, query_file
+from analytics.read.client import (
+    DEFAULT_API_URL,
+    ApiUnavailable,
+    ClientError,
+    QueryFailed,
+    query_api,
+    query_file,
+    query_lake,
+)
 from collector import tools
 from collector.render import render
 from collector.replay import ReplayError, replay
@@ -31,6 +39,7 @@ from collector.service import (
     ServeConfig,
     Service,
     StartError,
+    lake_of,
     load_compiled,
     read_model,
     resolve_model,
@@ -113,6 +122,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         trace_url=args.trace_url,
         app_url=args.app_url,
         dry_run_actions=args.dry_run_actions,
+        lake=args.lake,
+        lake_data=args.lake_data,
     )
 
 
@@ -123,7 +134,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     for warning in service.warnings:
         print(f"coordstate: warning: {warning}", file=sys.stderr, flush=True)
     print(
-        f"coordstate serving model {resolve_model(config.model)} into {config.db}\n"
+        f"coordstate serving model {resolve_model(config.model)} into {service.store.path}\n"
         f"  OTLP/gRPC  {service.grpc_endpoint if service.grpc else 'off'}\n"
         f"  OTLP/HTTP  {service.http_endpoint + '/v1/traces' if service.http else 'off'}\n"
         f"  query API  {service.api_url if service.api else 'off'}\n"
@@ -167,7 +178,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def _cmd_query(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("COORDSTATE_TOKEN") or None
-    if args.db:
+    where = lake_of(args.lake, args.lake_data)
+    if where is not None:
+        table = query_lake(where, args.sql)
+    elif args.db:
         table = query_file(args.db, args.sql)
     else:
         try:
@@ -250,7 +264,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             f"  OTLP/gRPC  {service.grpc_endpoint if service.grpc else 'off'}\n"
             f"  OTLP/HTTP  {service.http_endpoint + '/v1/traces' if service.http else 'off'}\n"
             f"  query API  {service.api_url}\n"
-            f"  database   {config.db}  (model {resolve_model(config.model)})\n"
+            f"  database   {service.store.path}  (model {resolve_model(config.model)})\n"
             + ("  demo       sending orders (a new one every %.1fs)\n" % (1 / args.rate) if args.demo else "")
             + "Press Ctrl-C to stop everything.",
             flush=True,
@@ -290,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = q.add_mutually_exclusive_group()
     where.add_argument("--api", metavar="URL", help=f"query API of a running server (default {DEFAULT_API_URL})")
     where.add_argument("--db", metavar="PATH", help="a DuckDB file no server holds (opened read-only)")
+    _lake_options(q, "read this DuckLake directly, read-only, no server needed")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output (default %(default)s)")
     q.add_argument("--token", default=None, help="bearer token of the API (or set COORDSTATE_TOKEN)")
     q.add_argument("sql", metavar="SQL")
@@ -401,6 +416,7 @@ def _listeners(p: argparse.ArgumentParser) -> None:
         "--app-url", default=None, metavar="URL",
         help="the app's address, for links to an instance's page in alerts and webhooks (e.g. http://127.0.0.1:8501)",
     )  # fmt: skip
+    _lake_options(p)
     p.add_argument(
         "--dry-run-actions", action="store_true",
         help="reconciliation webhooks: record what would be sent in action_deliveries, send nothing",
@@ -411,6 +427,14 @@ def _listeners(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="processes that decode OTLP requests (default: one per CPU, at most 4; 0: decode in the server process)",
+    )
+
+
+def _lake_options(p: argparse.ArgumentParser, what: str = "keep every coordination table in this DuckLake") -> None:
+    p.add_argument("--lake", default=None, metavar="CATALOG",
+                   help=f"{what}: its PostgreSQL catalog, e.g. 'postgres:dbname=coordstate host=127.0.0.1'")  # fmt: skip
+    p.add_argument(
+        "--lake-data", default=None, metavar="PATH", help="the lake's data path (Parquet files; shared by every node)"
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from analytics.common.http import ListenError as HttpListenError
 from analytics.common.http import ThreadedServer
+from analytics.common.lake import Lake, LakeError
 from analytics.common.telemetry import Telemetry
 from analytics.notify.actions import ActionRunner
 from analytics.notify.alerts import AlertDispatcher
@@ -134,6 +135,21 @@ class ServeConfig:
     dry_run_actions: bool = False
     #: first retry delay of alert and webhook deliveries (doubling up to 60 s)
     delivery_backoff_s: float = 1.0
+    #: lake mode: DuckLake's catalog (``postgres:dbname=… host=…``) and data path, instead of ``db``
+    lake: str | None = None
+    lake_data: str | None = None
+
+
+def lake_of(catalog: str | None, data: str | None) -> Lake | None:
+    """The lake named by --lake/--lake-data (None: the embedded DuckDB file)."""
+    if catalog is None and data is None:
+        return None
+    if catalog is None:
+        raise StartError("--lake-data needs --lake CATALOG, e.g. --lake 'postgres:dbname=coordstate host=127.0.0.1'")
+    try:
+        return Lake(catalog, data or "")
+    except LakeError as exc:
+        raise StartError(str(exc)) from exc
 
 
 def is_http_url(url: str) -> bool:
@@ -196,6 +212,7 @@ class Service:
             memory_limit=config.memory_limit,
             retention_ns=parse_retention(config.retention),
             drift_threshold=config.drift_after,
+            lake_at=lake_of(config.lake, config.lake_data),
         )
         self.intake = Intake(
             self.model, self.store, self.telemetry, Admission(config.max_bytes_in_flight), self.decoders

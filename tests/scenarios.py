@@ -7,6 +7,7 @@ only on the checkout root, and the root ended last (as real services do).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import Status, StatusCode
 
 SECOND = 1_000_000_000
@@ -91,13 +93,14 @@ SCENARIOS: dict[str, Callable[[str], Order]] = {
 class Emitter:
     """One TracerProvider per service (as separate services have), all exporting to ``exporter``."""
 
-    def __init__(self, exporter_factory: Callable[[], SpanExporter]) -> None:
+    def __init__(self, exporter_factory: Callable[[], SpanExporter], id_generator: IdGenerator | None = None) -> None:
         self._factory = exporter_factory
         self._providers: dict[str, TracerProvider] = {}
+        self._ids = id_generator
 
     def tracer(self, service: str) -> trace.Tracer:
         if service not in self._providers:
-            provider = TracerProvider(resource=Resource.create({"service.name": service}))
+            provider = TracerProvider(resource=Resource.create({"service.name": service}), id_generator=self._ids)
             provider.add_span_processor(SimpleSpanProcessor(self._factory()))
             self._providers[service] = provider
         return self._providers[service].get_tracer("coordstate-scenarios")
@@ -126,3 +129,16 @@ class Emitter:
     def shutdown(self) -> None:
         for provider in self._providers.values():
             provider.shutdown()
+
+
+class SeededIds(IdGenerator):
+    """Trace and span ids from a seeded generator: the same traffic, id for id, on every run."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+
+    def generate_span_id(self) -> int:
+        return self._rng.getrandbits(64) or 1
+
+    def generate_trace_id(self) -> int:
+        return self._rng.getrandbits(128) or 1

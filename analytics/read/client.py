@@ -20,6 +20,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from analytics.common import lake
 from analytics.read.formats import ARROW_STREAM
 from analytics.read.sandbox import QueryError, run_query
 
@@ -110,6 +111,34 @@ def open_read_only(path: str | Path) -> duckdb.DuckDBPyConnection:
                 f'coordstate query --api {DEFAULT_API_URL} "..."'
             ) from exc
         raise ClientError(f"cannot open {path}: {exc}") from exc
+
+
+def open_lake(where: lake.Lake) -> duckdb.DuckDBPyConnection:
+    """The lake, read-only, with the same limits as a read-only file (no files outside the lake,
+    no extensions loaded by user SQL): no server needed."""
+    try:
+        con: duckdb.DuckDBPyConnection = lake.connect(where, read_only=True)
+    except lake.LakeError as exc:
+        raise ClientError(str(exc)) from exc
+    for setting in ("enable_external_access = false", "autoload_known_extensions = false", "lock_configuration = true"):
+        con.execute(f"SET {setting}")
+    return con
+
+
+def query_lake(where: lake.Lake, sql: str, *, timeout_s: float = 30.0) -> pa.Table:
+    con = open_lake(where)
+
+    def cursor() -> duckdb.DuckDBPyConnection:
+        cur = con.cursor()
+        cur.execute(f"USE {lake.ALIAS}")  # a cursor starts in DuckDB's in-memory catalog
+        return cur
+
+    try:
+        return run_query(cursor, sql, timeout_s=timeout_s).table
+    except QueryError as exc:
+        raise QueryFailed(exc.status, str(exc)) from exc
+    finally:
+        con.close()
 
 
 def query_file(path: str | Path, sql: str, *, timeout_s: float = 30.0) -> pa.Table:

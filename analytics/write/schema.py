@@ -249,9 +249,10 @@ class SchemaTooNew(RuntimeError):
 
 def migrate(con: Any) -> int:
     """Apply every migration the database lacks, each in its own transaction; return the version."""
+    # no PRIMARY KEY: DuckLake has no constraints, and the versions are applied in order, once
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        "version INTEGER PRIMARY KEY, description VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+        "version INTEGER NOT NULL, description VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
     )
     rows = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchall()
     current = int(rows[0][0]) if rows else 0

@@ -33,6 +33,7 @@ from typing import Any
 
 import duckdb
 
+from analytics.common import lake
 from analytics.common.telemetry import Telemetry
 from analytics.write import persist, rows
 from analytics.write.connection import CHECKPOINT_THRESHOLD, connect
@@ -102,8 +103,11 @@ class Store:
         memory_limit: str | None = None,
         retention_ns: int | None = None,
         drift_threshold: int = DEFAULT_THRESHOLD,
+        lake_at: lake.Lake | None = None,
     ) -> None:
-        self.path = str(path)
+        #: lake mode: the tables live in this DuckLake (``path`` is then only a name for messages)
+        self.lake = lake_at
+        self.path = str(path) if lake_at is None else lake_at.describe()
         self.model = model
         self.clock = clock
         self.telemetry = telemetry or Telemetry()
@@ -141,7 +145,7 @@ class Store:
     # -- lifecycle ------------------------------------------------------------------------
     def open(self) -> None:
         """Open (or create) the database, migrate, rebuild state, start the writer."""
-        real = str(Path(self.path).resolve())
+        real = f"lake {self.lake.catalog}" if self.lake is not None else str(Path(self.path).resolve())
         with _OPEN_LOCK:
             if real in _OPEN_PATHS:
                 raise StoreOpenError(
@@ -150,17 +154,15 @@ class Store:
                 )
             _OPEN_PATHS.add(real)
         self._real_path = real
-        where = Path(self.path)
-        problem = ""
-        if where.is_dir():
-            problem = f"it is a directory; pass a file, e.g. --db {where / 'coordstate.duckdb'}"
-        elif not where.parent.is_dir():
-            problem = f"the directory {where.parent} does not exist; create it, or pass another --db"
+        problem = self._file_problem() if self.lake is None else ""
         if problem:
             self._release_path()
             raise StoreOpenError(f"cannot open the database {self.path}: {problem}")
         try:
-            self._con = connect(self.path)
+            self._con = connect(self.path) if self.lake is None else lake.connect(self.lake)
+        except lake.LakeError as exc:
+            self._release_path()
+            raise StoreOpenError(str(exc)) from exc
         except duckdb.Error as exc:
             self._release_path()
             held = "lock" in str(exc).lower()
@@ -182,13 +184,22 @@ class Store:
         self._con.execute("SET enable_external_access = false")
         self._con.execute("SET autoinstall_known_extensions = false")
         self._con.execute("SET autoload_known_extensions = false")
-        self._con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
+        if self.lake is None:  # a lake commits files, not a WAL
+            self._con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
         self._con.execute("SET lock_configuration = true")
         self._catalog = self._con.execute("SELECT current_database()").fetchone()[0]
         self._reader_parent = self._con.cursor()
         self._restore()
         self._thread = threading.Thread(target=self._run, name="coordstate-writer", daemon=True)
         self._thread.start()
+
+    def _file_problem(self) -> str:
+        where = Path(self.path)
+        if where.is_dir():
+            return f"it is a directory; pass a file, e.g. --db {where / 'coordstate.duckdb'}"
+        if not where.parent.is_dir():
+            return f"the directory {where.parent} does not exist; create it, or pass another --db"
+        return ""
 
     def close(self) -> None:
         """Stop intake, commit everything queued, stop the writer, close the database."""

@@ -1,0 +1,129 @@
+"""Lake mode on a real PostgreSQL catalog (a throwaway cluster) and a data path: the same SQL
+contract and the same coordination state as the embedded DuckDB file, for the same traffic."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from collector.service import ServeConfig, Service, StartError
+from processors.clock import ManualClock
+from tests.conftest import query_live
+from tests.helpers import ORDERS_MODEL
+from tests.otel_clients import grpc_exporter
+from tests.pg import MISSING, Postgres
+from tests.procs import COORDSTATE
+from tests.scenarios import SCENARIOS, SECOND, Emitter, SeededIds
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(MISSING is not None, reason=str(MISSING)),
+    pytest.mark.skipif(duckdb.__version__ != "1.5.5", reason="the lake extensions' wheels are built for DuckDB 1.5.5"),
+]
+
+T0 = 1_760_000_000 * SECOND
+#: the coordination state, as sets of rows (observed_at and detected_at are wall-clock)
+CONTRACT = {
+    "transitions": "SELECT workflow, instance_key, step, state, event_time, trace_id, span_id, service, source FROM transitions",
+    "instances": "SELECT workflow, instance_key, status, map_entries(steps), started_at, updated_at, converged_at, "
+    "open_anomalies, list_sort(trace_ids) FROM instances",
+    "instance_history": "SELECT * FROM instance_history",
+    "anomalies": "SELECT anomaly_id, workflow, instance_key, kind, step, severity, opened_at, resolved_at, message, "
+    "suggested_action FROM anomalies",
+    "state_at": "SELECT * FROM state_at(TIMESTAMP '2025-10-09 08:53:50')",
+    # seconds_with_open_anomaly counts open anomalies up to now(): wall-clock
+    "convergence": "SELECT * EXCLUDE (seconds_with_open_anomaly) FROM convergence(INTERVAL 1 MINUTE)",
+}
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    pg = Postgres()
+    yield pg
+    pg.close()
+
+
+def drive(config: ServeConfig) -> dict[str, set[tuple[object, ...]]]:
+    """Every demo scenario (late spans included) through a live server; the contract's rows."""
+    clock = ManualClock(T0)
+    with Service(config, clock=clock) as service:
+        emitter = Emitter(lambda: grpc_exporter(service.grpc_endpoint), SeededIds(7))
+        late = []
+        for i, name in enumerate(SCENARIOS):
+            order = SCENARIOS[name](f"o-{name}")
+            late.append((order, T0 + i * SECOND, emitter.emit(order, T0 + i * SECOND)))
+        clock.set(T0 + 15 * SECOND)
+        service.store.tick_now()
+        for order, start, root in late:
+            emitter.emit_late(order, start, root)
+        emitter.shutdown()
+        clock.set(T0 + 90 * SECOND)
+        service.store.tick_now()
+        return {
+            name: {tuple(map(str, row)) for row in query_live(service.store, sql)} for name, sql in CONTRACT.items()
+        }
+
+
+def config(**kw: object) -> ServeConfig:
+    return ServeConfig(model=str(ORDERS_MODEL), otlp_grpc="127.0.0.1:0", otlp_http=None, api=None,
+                       tick_interval_s=3600, **kw)  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_the_lake_holds_what_the_embedded_file_holds(tmp_path: Path, postgres: Postgres) -> None:
+    postgres.create("equivalence")
+    embedded = drive(config(db=str(tmp_path / "embedded.duckdb")))
+    lake = drive(config(lake=postgres.catalog("equivalence"), lake_data=str(tmp_path / "lake")))
+    assert {k: len(v) for k, v in lake.items()} == {k: len(v) for k, v in embedded.items()}
+    assert len(embedded["transitions"]) > 50
+    assert {row[2] for row in embedded["instances"]} >= {"converged", "diverged", "compensated", "stalled"}
+    for name in CONTRACT:
+        assert lake[name] == embedded[name], name
+    assert any((tmp_path / "lake").rglob("*.parquet")), "the lake's data are Parquet files under --lake-data"
+
+
+def test_a_restarted_lake_node_carries_on_where_it_stopped(tmp_path: Path, postgres: Postgres) -> None:
+    postgres.create("restart")
+    cfg = config(lake=postgres.catalog("restart"), lake_data=str(tmp_path / "lake"))
+    order = SCENARIOS["slow-payment"]("o-slow")  # the payment and shipment come after the restart
+    clock = ManualClock(T0)
+    with Service(cfg, clock=clock) as service:
+        emitter = Emitter(lambda: grpc_exporter(service.grpc_endpoint))
+        root = emitter.emit(order, T0)
+        emitter.shutdown()
+        service.store.tick_now()
+        assert query_live(service.store, "SELECT status FROM instances WHERE instance_key = 'o-slow'") == [("running",)]
+    clock = ManualClock(T0 + 13 * SECOND)
+    with Service(cfg, clock=clock) as service:
+        assert service.telemetry.snapshot().gauges["instances_restored"] == 1
+        emitter = Emitter(lambda: grpc_exporter(service.grpc_endpoint))
+        emitter.emit_late(order, T0, root)
+        emitter.shutdown()
+        service.store.tick_now()
+        rows = query_live(service.store, "SELECT status, steps['payment'], steps['shipment'] FROM instances")
+        assert rows == [("converged", "completed", "completed")]
+    out = subprocess.run(
+        [COORDSTATE, "query", "--lake", postgres.catalog("restart"), "--lake-data", str(tmp_path / "lake"),
+         "--format", "csv", "SELECT instance_key, status FROM instances"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["instance_key,status", "o-slow,converged"]
+
+
+def test_a_lake_that_cannot_be_reached_is_a_clear_start_error(tmp_path: Path, postgres: Postgres) -> None:
+    cfg = config(lake=postgres.catalog("no_such_database"), lake_data=str(tmp_path / "lake"))
+    with pytest.raises(StartError) as err:
+        Service(cfg).start()
+    assert "cannot attach the lake postgres:dbname=no_such_database" in str(err.value)
+    assert "Is PostgreSQL running and the database created" in str(err.value)
+    with pytest.raises(StartError) as err:
+        Service(config(lake="/tmp/catalog.ducklake", lake_data=str(tmp_path / "lake")))
+    assert "give a PostgreSQL catalog" in str(err.value)
+    with pytest.raises(StartError) as err:
+        Service(config(lake=postgres.catalog(), lake_data=None))
+    assert "--lake needs --lake-data PATH" in str(err.value)
