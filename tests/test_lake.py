@@ -10,8 +10,13 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from analytics.common.lake import Lake
+from analytics.write import store as store_module
+from analytics.write.store import Store
 from collector.service import ServeConfig, Service, StartError
 from processors.clock import ManualClock
+from processors.model import parse_duration
+from tests import helpers
 from tests.conftest import query_live
 from tests.helpers import ORDERS_MODEL
 from tests.otel_clients import grpc_exporter
@@ -27,6 +32,7 @@ pytestmark = [
 ]
 
 T0 = 1_760_000_000 * SECOND
+DAY = 86_400 * SECOND
 #: the coordination state, as sets of rows (observed_at and detected_at are wall-clock)
 CONTRACT = {
     "transitions": "SELECT workflow, instance_key, step, state, event_time, trace_id, span_id, service, source FROM transitions",
@@ -127,3 +133,33 @@ def test_a_lake_that_cannot_be_reached_is_a_clear_start_error(tmp_path: Path, po
     with pytest.raises(StartError) as err:
         Service(config(lake=postgres.catalog(), lake_data=None))
     assert "--lake needs --lake-data PATH" in str(err.value)
+
+
+def test_retention_in_the_lake_deletes_expired_instances_while_ingest_goes_on(
+    tmp_path: Path, postgres: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "RETENTION_CHUNK", 50)
+    postgres.create("retention")
+    where = Lake(postgres.catalog("retention"), str(tmp_path / "lake"))
+    clock = ManualClock(helpers.T0)
+    store = Store(tmp_path / "unused.duckdb", helpers.compiled_orders(), clock, tick_interval_s=None,
+                  retention_ns=parse_duration("7d"), lake_at=where)  # fmt: skip
+    store.open()
+    try:
+        old = [s for i in range(200) for s in helpers.order_spans(10_000 + i, f"old-{i}", t=i * 0.01)]
+        old.append(helpers.span(9_999, "checkout", "PlaceOrder", 0, 1, attrs={"app.order.id": "old-unfinished"}))
+        store.submit(old).result(timeout=120)
+        clock.set(helpers.T0 + 8 * DAY)  # eight days later, with a 7-day retention
+        for n in range(10):  # ingest goes on while chunks are deleted
+            store.submit(helpers.order_spans(50_000 + n, f"new-{n}", t=8 * 86_400 + n)).result(timeout=60)
+            store.tick_now()
+        counts = query_live(
+            store,
+            "SELECT (SELECT count(*) FROM instances WHERE instance_key LIKE 'old-%'), "
+            "(SELECT count(*) FROM transitions WHERE instance_key LIKE 'old-%' AND instance_key <> 'old-unfinished'), "
+            "(SELECT count(*) FROM instances WHERE instance_key LIKE 'new-%'), "
+            "(SELECT status FROM instances WHERE instance_key = 'old-unfinished')",
+        )
+    finally:
+        store.close()
+    assert counts == [(1, 0, 10, "stalled")]  # expired gone; the unfinished one and the new ones stay

@@ -1,0 +1,88 @@
+"""Lake mode, one node, against the embedded file: the ingest benchmark's payloads through
+`coordstate serve` in each mode, in one run, on a throwaway PostgreSQL cluster (tests/pg.py).
+
+    .venv/bin/python -m bench.lake [--seconds 10] [--half-load-seconds 30] [--clients 10]
+
+Prints, per mode: the maximum committed spans/s, p50/p99 export latency at half of the embedded
+maximum, the time a restart takes to answer again, the overview query's latency through the
+query API, and the lake's Parquet files; then the lake/embedded ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.alerts import serve
+from bench.ingest import ROOT, build_request, drive
+from tests.pg import Postgres
+
+OVERVIEW = "SELECT workflow, status, count(*) FROM instances GROUP BY ALL ORDER BY ALL"
+
+
+def measure(name: str, args: argparse.Namespace, payloads: list[bytes], rate: float | None, *where: str) -> float:
+    model = ROOT / "otel-config/models/orders.yaml"
+    proc, endpoint, api = start(model, where)
+    try:
+        drive(endpoint, payloads, args.spans_per_request, args.clients, 2.0, None)
+        max_rate, _, _ = drive(endpoint, payloads, args.spans_per_request, args.clients, args.seconds, None)
+        paced = rate or max_rate / 2
+        _, lat, _ = drive(endpoint, payloads, args.spans_per_request, args.clients, args.half_load_seconds, paced)
+        lat.sort()
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+        query = []
+        for _ in range(20):
+            t = time.perf_counter()
+            httpx.post(f"{api}/api/v1/query", json={"sql": OVERVIEW}, timeout=60).raise_for_status()
+            query.append((time.perf_counter() - t) * 1000)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+    started = time.perf_counter()
+    proc, endpoint, api = start(model, where)  # a restart: the banner prints once it answers
+    restart = time.perf_counter() - started
+    proc.terminate()
+    proc.wait(timeout=120)
+    print(f"{name:9} {max_rate:10,.0f} spans/s max; at {paced:,.0f} spans/s: p50 {statistics.median(lat) * 1000:6.1f} ms, "
+          f"p99 {p99:6.1f} ms ({len(lat):,} exports); restart {restart:.1f} s; overview query median "
+          f"{statistics.median(query):.1f} ms")  # fmt: skip
+    return max_rate
+
+
+def start(model: Path, where: tuple[str, ...]) -> tuple[subprocess.Popen[str], str, str]:
+    """``where``: ``("--db", PATH)`` or ``("--lake", CATALOG, "--lake-data", PATH)``."""
+    if where[0] == "--db":
+        return serve(Path(where[1]), model)
+    return serve(Path("unused-in-lake-mode.duckdb"), model, *where)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--half-load-seconds", type=float, default=30.0)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--spans-per-request", type=int, default=1000)
+    args = parser.parse_args()
+    payloads = [build_request(seed, args.spans_per_request) for seed in range(24)]
+    pg = Postgres()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            embedded = measure("embedded", args, payloads, None, "--db", str(Path(tmp) / "bench.duckdb"))
+            data = Path(tmp) / "lake"
+            lake = measure("lake", args, payloads, embedded / 2, "--lake", pg.catalog(), "--lake-data", str(data))
+            files = list(data.rglob("*.parquet"))
+            size = sum(f.stat().st_size for f in files) / 2**20
+            print(f"lake data: {len(files):,} Parquet files, {size:,.0f} MiB")
+            print(f"ratio lake / embedded: max rate {lake / embedded:.2f} (target >= 0.7)")
+    finally:
+        pg.close()
+
+
+if __name__ == "__main__":
+    main()
