@@ -47,11 +47,12 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: $(STAMP) alerting
+bench: $(STAMP) alerting postgres
 	$(PY) bench/ingest.py
 	$(PY) bench/queries.py
 	$(PY) -m bench.discover
 	$(PY) -m bench.alerts
+	$(PY) -m bench.lake
 
 # The reliability campaign at full counts (+ >= 10 minutes of fuzzing); prints the README table.
 soak: $(STAMP) browser

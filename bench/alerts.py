@@ -84,9 +84,10 @@ class Figures:
     p99: float
     exports: int
 
-    def show(self, name: str, open_now: int) -> None:
+    def show(self, name: str, open_now: int | None = None) -> None:
+        anomalies = "" if open_now is None else f"; {open_now:,} anomalies open"
         print(f"{name:34} {self.max_rate:10,.0f} spans/s max; at {self.paced:,.0f} spans/s: p50 {self.p50:6.1f} ms, "
-              f"p99 {self.p99:6.1f} ms ({self.exports:,} exports); {open_now:,} anomalies open")  # fmt: skip
+              f"p99 {self.p99:6.1f} ms ({self.exports:,} exports){anomalies}")  # fmt: skip
 
 
 def phase(name: str, args: argparse.Namespace, payloads: list[bytes], rate: float | None, model: Path,

@@ -19,23 +19,19 @@ from pathlib import Path
 
 import httpx
 
-from bench.alerts import serve
-from bench.ingest import ROOT, build_request, drive
+from bench.alerts import measure, serve
+from bench.ingest import ROOT, build_request
 from tests.pg import Postgres
 
 OVERVIEW = "SELECT workflow, status, count(*) FROM instances GROUP BY ALL ORDER BY ALL"
 
 
-def measure(name: str, args: argparse.Namespace, payloads: list[bytes], rate: float | None, *where: str) -> float:
+def run(name: str, args: argparse.Namespace, payloads: list[bytes], rate: float | None, *where: str) -> float:
+    """One mode: ingest figures (bench/alerts.py's measure), the overview query, a restart."""
     model = ROOT / "otel-config/models/orders.yaml"
     proc, endpoint, api = start(model, where)
     try:
-        drive(endpoint, payloads, args.spans_per_request, args.clients, 2.0, None)
-        max_rate, _, _ = drive(endpoint, payloads, args.spans_per_request, args.clients, args.seconds, None)
-        paced = rate or max_rate / 2
-        _, lat, _ = drive(endpoint, payloads, args.spans_per_request, args.clients, args.half_load_seconds, paced)
-        lat.sort()
-        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+        figures = measure(endpoint, args, payloads, rate)
         query = []
         for _ in range(20):
             t = time.perf_counter()
@@ -49,10 +45,9 @@ def measure(name: str, args: argparse.Namespace, payloads: list[bytes], rate: fl
     restart = time.perf_counter() - started
     proc.terminate()
     proc.wait(timeout=120)
-    print(f"{name:9} {max_rate:10,.0f} spans/s max; at {paced:,.0f} spans/s: p50 {statistics.median(lat) * 1000:6.1f} ms, "
-          f"p99 {p99:6.1f} ms ({len(lat):,} exports); restart {restart:.1f} s; overview query median "
-          f"{statistics.median(query):.1f} ms")  # fmt: skip
-    return max_rate
+    figures.show(name)
+    print(f"{'':34} restart {restart:.1f} s; overview query median {statistics.median(query):.1f} ms")
+    return figures.max_rate
 
 
 def start(model: Path, where: tuple[str, ...]) -> tuple[subprocess.Popen[str], str, str]:
@@ -73,9 +68,9 @@ def main() -> None:
     pg = Postgres()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            embedded = measure("embedded", args, payloads, None, "--db", str(Path(tmp) / "bench.duckdb"))
+            embedded = run("embedded", args, payloads, None, "--db", str(Path(tmp) / "bench.duckdb"))
             data = Path(tmp) / "lake"
-            lake = measure("lake", args, payloads, embedded / 2, "--lake", pg.catalog(), "--lake-data", str(data))
+            lake = run("lake", args, payloads, embedded / 2, "--lake", pg.catalog(), "--lake-data", str(data))
             files = list(data.rglob("*.parquet"))
             size = sum(f.stat().st_size for f in files) / 2**20
             print(f"lake data: {len(files):,} Parquet files, {size:,.0f} MiB")
