@@ -47,7 +47,9 @@ class ObserverProtocol(Protocol):
 
     def restore(self, con: Any) -> None: ...
 
-    def forget(self, instance: InstanceId) -> None: ...
+    def forget(self, instance: InstanceId) -> list[str]:
+        """The instance's history was deleted: the ids of its anomalies that were open."""
+        ...
 
     def plan(self, states: Sequence[InstanceState], now_ns: int) -> Changes:
         """Anomaly changes of the given instances, and their open counts (memory only)."""

@@ -64,9 +64,9 @@ class Observer:
             self._open.setdefault((wf, key), {})[(kind, step)] = OpenAnomaly(aid, kind)
         self._publish()
 
-    def forget(self, instance: InstanceId) -> None:
-        """The instance's history was deleted (retention)."""
-        self._open.pop(instance, None)
+    def forget(self, instance: InstanceId) -> list[str]:
+        """The instance's history was deleted (retention): the ids of its anomalies still open."""
+        return [a.anomaly_id for a in self._open.pop(instance, {}).values()]
 
     def open_counts(self) -> Counter[str]:
         return Counter(a.kind for per in self._open.values() for a in per.values())

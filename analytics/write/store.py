@@ -454,12 +454,7 @@ class Store:
             self.telemetry.add("commit_failures")
             self._rollback_and_rebuild()
             return False
-        if changes.opened or changes.resolved:
-            for listener in self.listeners:
-                try:
-                    listener(changes)
-                except Exception:  # a listener's bug must not cost the writer
-                    log.exception("an anomaly listener failed")
+        self._notify(changes)
         self.health.observe(
             result.transitions, [(s.workflow, s.started_at_ns) for s in states if (s.workflow, s.key) in result.created]
         )
@@ -472,6 +467,15 @@ class Store:
             if state.status in TERMINAL_STATUSES:
                 self._quiet.append((now, inst))
         return True
+
+    def _notify(self, changes: Changes) -> None:
+        """Tell the listeners what a commit opened and resolved."""
+        if changes.opened or changes.resolved:
+            for listener in self.listeners:
+                try:
+                    listener(changes)
+                except Exception:  # a listener's bug must not cost the writer
+                    log.exception("an anomaly listener failed")
 
     def _schedule(self, state: InstanceState, now: int) -> None:
         for t in due_times(self.model.workflows[state.workflow], state):
@@ -490,10 +494,12 @@ class Store:
         started = time.perf_counter()
         if not persist.in_transaction(con, "retention", lambda: persist.delete_history(con, expired, cutoff)):
             return
+        gone: list[tuple[str, int]] = []
         for inst in expired:
             self._processor.table.forget(inst)
             self._last.pop(inst, None)
-            self.observer.forget(inst)
+            gone += [(aid, now) for aid in self.observer.forget(inst)]
+        self._notify(Changes([], gone, {}))  # an alert about deleted history ends with it
         self.telemetry.add("instances_expired", len(expired))
         self.telemetry.set("retention_chunk_seconds", time.perf_counter() - started)
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from analytics.write import store as store_module
+from analytics.write.observer import Changes
 from analytics.write.store import Store
 from processors.clock import ManualClock
 from processors.model import parse_duration
@@ -56,3 +57,27 @@ def test_retention_deletes_old_terminal_history_in_chunks(tmp_path: Path, monkey
         ingest_p50_ms=round(p50, 1),
         ingest_max_ms=round(max(latencies) * 1000, 1),
     )
+
+
+def test_retention_ends_the_open_anomalies_of_what_it_deletes(tmp_path: Path) -> None:
+    """A converged order charged twice keeps its duplicate_action open; once retention deletes the
+    order, the anomaly's listeners (the alert targets) hear it resolved."""
+    clock = ManualClock(T0)
+    store = Store(tmp_path / "r.duckdb", compiled_orders(), clock, tick_interval_s=None,
+                  retention_ns=parse_duration("7d"))  # fmt: skip
+    heard: list[Changes] = []
+    store.listeners.append(heard.append)
+    store.open()
+    try:
+        twice = [*order_spans(1, "o-twice"), span(1, "payment", "Charge", 0.2, 0.45)]
+        store.submit(twice).result(timeout=60)
+        clock.set(T0 + 60 * SECOND)
+        store.tick_now()
+        [(aid,)] = query_live(store, "SELECT anomaly_id FROM anomalies WHERE kind = 'duplicate_action'")
+        assert query_live(store, "SELECT status FROM instances") == [("converged",)]
+        clock.set(T0 + 8 * DAY)
+        store.tick_now()
+        assert query_live(store, "SELECT count(*) FROM anomalies") == [(0,)]
+    finally:
+        store.close()
+    assert [r for c in heard for r in c.resolved] == [(aid, T0 + 8 * DAY)]
