@@ -81,12 +81,23 @@ class ActionRunner(Worker):
         self.wall_ns = wall_ns
         self.done: set[str] = set()
         self.progress: dict[str, Progress] = {}
+        #: open anomalies with a webhook, not done: all that a pass looks at
+        self.waiting: dict[str, tuple[Anomaly, ActionSpec]] = {}
+        self._specs: dict[tuple[str, str, str], ActionSpec | None] = {}
 
     def spec(self, a: Anomaly) -> ActionSpec | None:
-        wf = self.model.workflows.get(a.workflow)
-        if wf is None or a.kind not in AnomalyKind.__members__.values():
-            return None
-        return wf.webhook(AnomalyKind(a.kind), a.step)
+        """The webhook action for ``a`` (by workflow, kind and step; looked up once each)."""
+        key = (a.workflow, a.kind, a.step)
+        if key not in self._specs:
+            wf = self.model.workflows.get(a.workflow)
+            known = wf is not None and a.kind in AnomalyKind.__members__.values()
+            self._specs[key] = wf.webhook(AnomalyKind(a.kind), a.step) if wf is not None and known else None
+        return self._specs[key]
+
+    def admitted(self, a: Anomaly) -> None:
+        spec = self.spec(a)
+        if spec is not None and a.anomaly_id not in self.done:
+            self.waiting[a.anomaly_id] = (a, spec)
 
     def restore(self, cur: Any) -> None:
         for aid, attempts, final in cur.execute(
@@ -98,6 +109,7 @@ class ActionRunner(Worker):
                 self.progress[aid] = Progress(int(attempts), Backoff(self.backoff_s, self.max_backoff_s))
 
     def resolved(self, gone: Anomaly) -> None:
+        self.waiting.pop(gone.anomaly_id, None)
         progress = self.progress.pop(gone.anomaly_id, None)
         spec = self.spec(gone)
         if progress is not None and progress.attempts and spec is not None and gone.anomaly_id not in self.done:
@@ -107,11 +119,8 @@ class ActionRunner(Worker):
     def _pass(self) -> None:
         watermark = self.clock.now_ns()
         now = self.monotonic()
-        for aid, a in list(self.open.items()):
-            if aid in self.done:
-                continue
-            spec = self.spec(a)
-            if spec is None or spec.webhook is None or watermark < a.opened_ns + spec.after:
+        for aid, (a, spec) in list(self.waiting.items()):
+            if watermark < a.opened_ns + spec.after:
                 continue
             progress = self.progress.setdefault(aid, Progress(0, Backoff(self.backoff_s, self.max_backoff_s)))
             if progress.backoff.ready(now):
@@ -121,6 +130,7 @@ class ActionRunner(Worker):
         assert spec.webhook is not None
         if self.dry_run:
             self.done.add(a.anomaly_id)
+            self.waiting.pop(a.anomaly_id, None)
             self._record(a, spec, 0, "dry_run", True, None, "")
             return
         progress.attempts += 1
@@ -146,6 +156,7 @@ class ActionRunner(Worker):
             progress.backoff.failed(now)
         if final:
             self.done.add(a.anomaly_id)
+            self.waiting.pop(a.anomaly_id, None)
             self.progress.pop(a.anomaly_id, None)
         self.telemetry.add(f"action_requests:{outcome}")
         self._record(a, spec, attempt, outcome, final, code, error)

@@ -72,6 +72,8 @@ class Worker:
             rows = cur.execute(f"SELECT {anomaly.COLUMNS} FROM anomalies WHERE resolved_at IS NULL").fetchall()
             self.open = {a.anomaly_id: a for a in map(anomaly.from_row, rows)}
             self.restore(cur)
+            for a in self.open.values():
+                self.admitted(a)
         finally:
             cur.close()
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -120,7 +122,9 @@ class Worker:
         while self._inbox:
             opened, resolved = anomaly.from_changes(self._inbox.popleft())
             for a in opened:
-                self.open.setdefault(a.anomaly_id, a)
+                if a.anomaly_id not in self.open:
+                    self.open[a.anomaly_id] = a
+                    self.admitted(a)
             for aid, at in resolved:
                 gone = self.open.pop(aid, None)
                 if gone is not None:
@@ -147,6 +151,9 @@ class Worker:
     # -- what a notifier adds --------------------------------------------------------------
     def restore(self, cur: Any) -> None:
         """Read this notifier's delivery state (``self.open`` is loaded)."""
+
+    def admitted(self, a: Anomaly) -> None:
+        """An anomaly joined ``self.open`` (opened, or open at start after ``restore``)."""
 
     def resolved(self, gone: Anomaly) -> None:
         """An open anomaly resolved (``gone.resolved_ns`` is set)."""
