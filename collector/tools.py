@@ -14,13 +14,14 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
+from analytics.common import lake
 from analytics.read.client import DEFAULT_API_URL, query_api, query_file
 from analytics.read.ocel import Fetch, ocel_document
 from collector.discover import DiscoverError, discover, render_model
 from collector.fit import fit_files, fit_stored, render_fit, summary_from_counts
-from collector.service import DEFAULT_MODEL, load_compiled
+from collector.service import DEFAULT_MODEL, lake_of, load_compiled
 from processors.matching import CompiledModel
-from processors.model import parse_model
+from processors.model import parse_duration, parse_model
 
 EXIT_OK = 0
 
@@ -104,6 +105,29 @@ def _cmd_discover(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_lake_maintain(args: argparse.Namespace) -> int:
+    where = lake_of(args.lake, args.lake_data)
+    if where is None:
+        raise ToolError("give the lake: --lake CATALOG --lake-data PATH")
+    try:
+        keep = parse_duration(args.keep)
+    except ValueError as exc:
+        raise ToolError(f"--keep {args.keep!r}: write a duration such as 1h or 7d") from exc
+    try:
+        con = lake.connect(where)
+    except lake.LakeError as exc:
+        raise ToolError(str(exc)) from exc
+    try:
+        done = lake.maintain(con, keep // 1_000_000_000)
+    finally:
+        con.close()
+    print(
+        f"maintained the {where.describe()}: data files {done.files_before:,} -> {done.files_after:,}, "
+        f"snapshots {done.snapshots_before:,} -> {done.snapshots_after:,} (kept {args.keep} of history)"
+    )
+    return EXIT_OK
+
+
 def _source(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--api", metavar="URL", help=f"query API of a running server (default {DEFAULT_API_URL})")
@@ -135,3 +159,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     disc.add_argument("--workflow", default="discovered", metavar="NAME", help="workflow name (default %(default)s)")
     disc.set_defaults(func=_cmd_discover)
+
+    lake_cmd = sub.add_parser("lake", help="lake mode upkeep (run in one process: it never races another)")
+    lake_sub = lake_cmd.add_subparsers(dest="lake_command", required=True)
+    maintain = lake_sub.add_parser(
+        "maintain", help="merge small files, write out inlined rows, expire old snapshots, remove unreferenced files"
+    )
+    maintain.add_argument("--lake", required=True, metavar="CATALOG", help="the lake's PostgreSQL catalog")
+    maintain.add_argument("--lake-data", required=True, metavar="PATH", help="the lake's data path")
+    maintain.add_argument(
+        "--keep",
+        default="1h",
+        metavar="DURATION",
+        help="snapshots (time travel) kept, e.g. 1h, 7d (default %(default)s)",
+    )
+    maintain.set_defaults(func=_cmd_lake_maintain)

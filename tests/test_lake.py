@@ -3,6 +3,7 @@ contract and the same coordination state as the embedded DuckDB file, for the sa
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,3 +164,39 @@ def test_retention_in_the_lake_deletes_expired_instances_while_ingest_goes_on(
     finally:
         store.close()
     assert counts == [(1, 0, 10, "stalled")]  # expired gone; the unfinished one and the new ones stay
+
+
+def test_lake_maintain_compacts_beside_a_serving_node_and_keeps_every_row(tmp_path: Path, postgres: Postgres) -> None:
+    postgres.create("maintain")
+    data = str(tmp_path / "lake")
+    clock = ManualClock(T0)
+    with Service(config(lake=postgres.catalog("maintain"), lake_data=data), clock=clock) as service:
+        emitter = Emitter(lambda: grpc_exporter(service.grpc_endpoint))
+        for i, name in enumerate(SCENARIOS):  # one export per span: many small commits, many files
+            emitter.emit(SCENARIOS[name](f"o-{name}"), T0 + i * SECOND)
+        clock.set(T0 + 60 * SECOND)
+        service.store.tick_now()
+        before = query_live(
+            service.store, "SELECT (SELECT count(*) FROM transitions), (SELECT count(*) FROM instances)"
+        )
+        done = subprocess.run(
+            [COORDSTATE, "lake", "maintain", "--lake", postgres.catalog("maintain"), "--lake-data", data, "--keep", "0s"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        found = re.search(r"data files (\d+) -> (\d+), snapshots (\d+) -> (\d+)", done.stdout)
+        assert found, done.stdout
+        _, files_after, snaps_before, snaps_after = map(int, found.groups())
+        assert files_after >= 1  # rows inlined in the catalog by small commits are written out to Parquet
+        assert snaps_after < snaps_before
+        assert (
+            query_live(service.store, "SELECT (SELECT count(*) FROM transitions), (SELECT count(*) FROM instances)")
+            == before
+        )
+        emitter.emit(SCENARIOS["happy"]("o-after"), T0 + 61 * SECOND)  # the node commits on as before
+        emitter.shutdown()
+        clock.set(T0 + 70 * SECOND)
+        service.store.tick_now()
+        assert query_live(service.store, "SELECT status FROM instances WHERE instance_key = 'o-after'") == [
+            ("converged",)
+        ]

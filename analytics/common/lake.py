@@ -116,5 +116,39 @@ def connect(lake: Lake, *, read_only: bool = False) -> Any:
     return con
 
 
+@dataclass(frozen=True, slots=True)
+class Maintenance:
+    files_before: int
+    files_after: int
+    snapshots_before: int
+    snapshots_after: int
+
+
+def maintain(con: Any, keep_s: int) -> Maintenance:
+    """Compaction, in one process beside the serving node (no row is deleted here: retention is the
+    writer's): small files merged, inlined rows written out, snapshots older than ``keep_s``
+    seconds expired and the files only they referenced removed."""
+
+    def counts() -> tuple[int, int]:
+        tables = [t for (t,) in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [ALIAS]).fetchall()]  # fmt: skip
+        files = sum(
+            int(con.execute("SELECT count(*) FROM ducklake_list_files(?, ?)", [ALIAS, t]).fetchone()[0]) for t in tables
+        )
+        return files, int(con.execute(f"SELECT count(*) FROM ducklake_snapshots('{ALIAS}')").fetchone()[0])
+
+    files_before, snapshots_before = counts()
+    older = f"now() - INTERVAL {int(keep_s)} SECOND"
+    for call in (
+        f"CALL ducklake_flush_inlined_data('{ALIAS}')",
+        f"CALL ducklake_merge_adjacent_files('{ALIAS}')",
+        f"CALL ducklake_expire_snapshots('{ALIAS}', older_than => {older})",
+        f"CALL ducklake_cleanup_old_files('{ALIAS}', older_than => {older})",
+    ):
+        con.execute(call)
+    files_after, snapshots_after = counts()
+    return Maintenance(files_before, files_after, snapshots_before, snapshots_after)
+
+
 def _sql_string(text: str) -> str:
     return text.replace("'", "''")
