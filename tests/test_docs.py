@@ -13,13 +13,18 @@ README = (ROOT / "README.md").read_text()
 
 
 def options() -> list[tuple[str, str]]:
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    out = []
-    for name, command in sub.choices.items():
-        for action in command._actions:
-            out.extend((name, o) for o in action.option_strings if o.startswith("--") and o != "--help")
-    return out
+    """(command, option) of every command, nested ones too (``lake maintain``)."""
+
+    def walk(prefix: str, parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
+        out = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, command in action.choices.items():
+                    out += walk(f"{prefix} {name}".strip(), command)
+            out.extend((prefix, o) for o in action.option_strings if o.startswith("--") and o != "--help")
+        return out
+
+    return walk("", build_parser())
 
 
 @pytest.mark.parametrize(("command", "option"), options())
@@ -31,7 +36,19 @@ def test_every_option_is_documented(command: str, option: str) -> None:
 def test_every_command_is_documented() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(sub.choices) == {"check", "serve", "query", "ui", "up", "demo", "replay", "export", "fit", "discover"}
+    assert set(sub.choices) == {
+        "check",
+        "serve",
+        "query",
+        "ui",
+        "up",
+        "demo",
+        "replay",
+        "export",
+        "fit",
+        "discover",
+        "lake",
+    }
     for name in sub.choices:
         assert f"`coordstate {name}" in README
 
