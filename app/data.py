@@ -1,8 +1,8 @@
 """The app's data layer: every read goes through the query API (live) or a read-only DuckDB file.
 
 The source comes from the environment, set by ``coordstate ui``:
-``COORDSTATE_API`` (URL of a running server's query API) or ``COORDSTATE_DB`` (a file no server
-holds), ``COORDSTATE_TOKEN``, and ``COORDSTATE_TRACE_URL`` (e.g. a Jaeger or Grafana link
+``COORDSTATE_API`` (URL of a running server's query API), ``COORDSTATE_DB`` (a file no server
+holds) or ``COORDSTATE_LAKE`` + ``COORDSTATE_LAKE_DATA`` (a lake, read directly), ``COORDSTATE_TOKEN``, and ``COORDSTATE_TRACE_URL`` (e.g. a Jaeger or Grafana link
 template with ``{trace_id}``). Results are cached for a moment so that a page with several
 widgets asks once. Every failure becomes a :class:`DataError` with a message for a person.
 """
@@ -16,7 +16,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from analytics.read.client import DEFAULT_API_URL, ClientError, fetch_metrics, query_api, query_file
+from analytics.common.lake import Lake, LakeError
+from analytics.read.client import DEFAULT_API_URL, ClientError, fetch_metrics, query_api, query_file, query_lake
 
 REFRESH_S = 5
 
@@ -31,26 +32,37 @@ class Source:
     db: str | None
     token: str | None
     trace_url: str | None
+    lake: str | None = None
+    lake_data: str | None = None
 
     @property
     def live(self) -> bool:
         return self.api is not None
 
     def describe(self) -> str:
-        return f"live: query API at {self.api}" if self.api else f"offline: {self.db} (read-only)"
+        if self.api:
+            return f"live: query API at {self.api}"
+        return f"offline: lake {self.lake} (read-only)" if self.lake else f"offline: {self.db} (read-only)"
 
 
 def source() -> Source:
     db = os.environ.get("COORDSTATE_DB") or None
-    api = os.environ.get("COORDSTATE_API") or (None if db else DEFAULT_API_URL)
-    return Source(api, db, os.environ.get("COORDSTATE_TOKEN") or None, os.environ.get("COORDSTATE_TRACE_URL") or None)
+    lake = os.environ.get("COORDSTATE_LAKE") or None
+    api = os.environ.get("COORDSTATE_API") or (None if db or lake else DEFAULT_API_URL)
+    return Source(api, db, os.environ.get("COORDSTATE_TOKEN") or None, os.environ.get("COORDSTATE_TRACE_URL") or None,
+                  lake, os.environ.get("COORDSTATE_LAKE_DATA") or None)  # fmt: skip
 
 
 @st.cache_data(ttl=2, show_spinner=False)
 def _run(sql: str, src: Source) -> pd.DataFrame:
     try:
-        table = query_api(src.api, sql, token=src.token) if src.api else query_file(str(src.db), sql)
-    except ClientError as exc:
+        if src.api:
+            table = query_api(src.api, sql, token=src.token)
+        elif src.lake:
+            table = query_lake(Lake(src.lake, src.lake_data or ""), sql)
+        else:
+            table = query_file(str(src.db), sql)
+    except (ClientError, LakeError) as exc:
         raise DataError(str(exc)) from exc
     frame: pd.DataFrame = table.to_pandas()
     return frame

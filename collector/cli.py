@@ -195,11 +195,13 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    env = ui_env(args.api, args.db, args.token, args.trace_url)
+    lake_of(args.lake, args.lake_data)  # a wrong pair fails here, not in the app
+    env = ui_env(args.api, args.db, args.token, args.trace_url, args.lake, args.lake_data)
     args.port = app_port(args.port, args.address, "--port")
     proc = start_ui(args.port, env, address=args.address)
     print(
-        f"coordstate app on http://{args.address}:{args.port} ({env.get('COORDSTATE_API') or env.get('COORDSTATE_DB')})",
+        f"coordstate app on http://{args.address}:{args.port} "
+        f"({env.get('COORDSTATE_API') or env.get('COORDSTATE_DB') or 'lake ' + env.get('COORDSTATE_LAKE', '')})",
         flush=True,
     )
     try:
@@ -320,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument(
         "--trace-url", default=None, metavar="TEMPLATE", help="trace link, e.g. http://localhost:16686/trace/{trace_id}"
     )
+    _lake_options(ui, "read this DuckLake directly, read-only, no server needed")
     ui.set_defaults(func=_cmd_ui)
 
     up = sub.add_parser("up", help="server + app (+ demo traffic with --demo), all in one; Ctrl-C stops everything")

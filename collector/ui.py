@@ -34,9 +34,15 @@ def app_main() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "main.py"
 
 
-def ui_env(api: str | None, db: str | None, token: str | None, trace_url: str | None) -> dict[str, str]:
+def ui_env(
+    api: str | None, db: str | None, token: str | None, trace_url: str | None,
+    lake: str | None = None, lake_data: str | None = None,
+) -> dict[str, str]:  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("COORDSTATE_")}
-    if db:
+    if lake:
+        env["COORDSTATE_LAKE"] = lake
+        env["COORDSTATE_LAKE_DATA"] = lake_data or ""
+    elif db:
         env["COORDSTATE_DB"] = db
     else:
         env["COORDSTATE_API"] = api or "http://127.0.0.1:4329"

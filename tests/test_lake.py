@@ -10,6 +10,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from analytics.common.lake import Lake
 from analytics.write import store as store_module
@@ -200,3 +201,20 @@ def test_lake_maintain_compacts_beside_a_serving_node_and_keeps_every_row(tmp_pa
         assert query_live(service.store, "SELECT status FROM instances WHERE instance_key = 'o-after'") == [
             ("converged",)
         ]
+
+
+def test_the_app_reads_the_lake_without_a_server(
+    tmp_path: Path, postgres: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    postgres.create("app")
+    data = str(tmp_path / "lake")
+    rows = drive(config(lake=postgres.catalog("app"), lake_data=data))
+    for name in ("COORDSTATE_API", "COORDSTATE_DB"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COORDSTATE_LAKE", postgres.catalog("app"))
+    monkeypatch.setenv("COORDSTATE_LAKE_DATA", data)
+    at = AppTest.from_file(str(helpers.ROOT / "app" / "main.py"), default_timeout=60).run()
+    assert not at.exception, at.exception
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Instances"] == str(len(rows["instances"]))
+    assert any("offline: lake postgres:dbname=app" in c.value for c in at.caption)
