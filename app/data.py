@@ -16,7 +16,6 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from analytics.common.lake import Lake, LakeError
 from analytics.read.client import DEFAULT_API_URL, ClientError, fetch_metrics, query_api, query_file, query_lake
 
 REFRESH_S = 5
@@ -59,10 +58,10 @@ def _run(sql: str, src: Source) -> pd.DataFrame:
         if src.api:
             table = query_api(src.api, sql, token=src.token)
         elif src.lake:
-            table = query_lake(Lake(src.lake, src.lake_data or ""), sql)
+            table = query_lake(src.lake, src.lake_data or "", sql)
         else:
             table = query_file(str(src.db), sql)
-    except (ClientError, LakeError) as exc:
+    except ClientError as exc:
         raise DataError(str(exc)) from exc
     frame: pd.DataFrame = table.to_pandas()
     return frame

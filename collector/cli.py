@@ -180,7 +180,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("COORDSTATE_TOKEN") or None
     where = lake_of(args.lake, args.lake_data)
     if where is not None:
-        table = query_lake(where, args.sql)
+        table = query_lake(where.catalog, where.data_path, args.sql)
     elif args.db:
         table = query_file(args.db, args.sql)
     else:

@@ -125,7 +125,12 @@ def open_lake(where: lake.Lake) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def query_lake(where: lake.Lake, sql: str, *, timeout_s: float = 30.0) -> pa.Table:
+def query_lake(catalog: str, data_path: str, sql: str, *, timeout_s: float = 30.0) -> pa.Table:
+    """One read-only query on the lake at ``catalog`` (``postgres:…``) and ``data_path``."""
+    try:
+        where = lake.Lake(catalog, data_path)
+    except lake.LakeError as exc:
+        raise ClientError(str(exc)) from exc
     con = open_lake(where)
 
     def cursor() -> duckdb.DuckDBPyConnection:
