@@ -240,9 +240,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    config = serve_config(args)
     scenarios = parse_scenarios(args.scenario) if args.demo else {}
     args.ui_port = app_port(args.ui_port, args.ui_address)  # before anything starts
+    if args.app_url is None:  # alerts and webhooks link to the app that up starts
+        args.app_url = f"http://{args.ui_address}:{args.ui_port}"
+    config = serve_config(args)
     service = Service(config)
     service.start()
     stop = threading.Event()
