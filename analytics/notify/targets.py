@@ -5,7 +5,6 @@ raises :class:`DeliveryError` when the batch was not accepted; the dispatcher
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -191,7 +190,6 @@ class OtlpLogs:
         )
 
     def send(self, firing: Sequence[Anomaly], resolved: Sequence[Anomaly], now_ns: int) -> None:
-        wall = time.time_ns()
         request = logs_service_pb2.ExportLogsServiceRequest(
             resource_logs=[
                 logs_pb2.ResourceLogs(
@@ -199,7 +197,7 @@ class OtlpLogs:
                     scope_logs=[
                         logs_pb2.ScopeLogs(
                             scope=common_pb2.InstrumentationScope(name="coordstate.anomalies"),
-                            log_records=[self.record(a, wall) for a in [*firing, *resolved]],
+                            log_records=[self.record(a, now_ns) for a in [*firing, *resolved]],
                         )
                     ],
                 )
