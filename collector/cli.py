@@ -124,7 +124,18 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         dry_run_actions=args.dry_run_actions,
         lake=args.lake,
         lake_data=args.lake_data,
+        role=args.role,
+        partitions=args.partitions,
+        owns=args.owns,
+        node=args.node,
     )
+
+
+def partition_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give partition numbers separated by commas, e.g. 0,2") from None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -134,7 +145,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     for warning in service.warnings:
         print(f"coordstate: warning: {warning}", file=sys.stderr, flush=True)
     print(
-        f"coordstate serving model {resolve_model(config.model)} into {service.store.path}\n"
+        f"coordstate serving model {resolve_model(config.model)} into "
+        f"{', '.join(store.path for store in service.stores)}"
+        f"{'' if config.role == 'all' else f' (role {config.role})'}\n"
         f"  OTLP/gRPC  {service.grpc_endpoint if service.grpc else 'off'}\n"
         f"  OTLP/HTTP  {service.http_endpoint + '/v1/traces' if service.http else 'off'}\n"
         f"  query API  {service.api_url if service.api else 'off'}\n"
@@ -422,6 +435,17 @@ def _listeners(p: argparse.ArgumentParser) -> None:
         help="the app's address, for links to an instance's page in alerts and webhooks (e.g. http://127.0.0.1:8501)",
     )  # fmt: skip
     _lake_options(p)
+    p.add_argument(
+        "--role", choices=("all", "ingest", "fold"), default="all",
+        help="lake mode with several nodes: ingest (receive OTLP, settle keys, hand off), fold (fold and observe "
+        "the key partitions of --owns), or all (one node does everything; the default)",
+    )  # fmt: skip
+    p.add_argument("--partitions", type=int, default=None, metavar="N",
+                   help="the lake's number of key partitions (fixed when the first node creates it)")  # fmt: skip
+    p.add_argument("--owns", type=partition_list, default=(), metavar="I[,J…]",
+                   help="--role fold: the key partitions this node folds (each owned by one running node)")  # fmt: skip
+    p.add_argument("--node", default=None, metavar="NAME",
+                   help="--role ingest: this node's name (its key buffer is kept in the lake under it)")  # fmt: skip
     p.add_argument(
         "--dry-run-actions", action="store_true",
         help="reconciliation webhooks: record what would be sent in action_deliveries, send nothing",

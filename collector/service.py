@@ -16,6 +16,7 @@ from pathlib import Path
 
 from analytics.common.http import ListenError as HttpListenError
 from analytics.common.http import ThreadedServer
+from analytics.common import lake as lakes
 from analytics.common.lake import Lake, LakeError
 from analytics.common.telemetry import Telemetry
 from analytics.notify.actions import ActionRunner
@@ -23,6 +24,7 @@ from analytics.notify.alerts import AlertDispatcher
 from analytics.notify.anomaly import Links
 from analytics.notify.targets import Alertmanager, AlertTarget, OtlpLogs
 from analytics.read.api import build_api
+from analytics.write import shards
 from analytics.write.store import Store, StoreOpenError
 from collector.decoders import Decoders, auto_workers
 from collector.intake import Admission, Intake
@@ -138,6 +140,13 @@ class ServeConfig:
     #: lake mode: DuckLake's catalog (``postgres:dbname=… host=…``) and data path, instead of ``db``
     lake: str | None = None
     lake_data: str | None = None
+    #: lake mode with roles (README "Scale out"): all | ingest | fold
+    role: str = "all"
+    #: key partitions of the lake (fixed when it is created) and those this fold node owns
+    partitions: int | None = None
+    owns: tuple[int, ...] = ()
+    #: an ingest node's name: its key buffer lives in the lake under it (stable across restarts)
+    node: str | None = None
 
 
 def lake_of(catalog: str | None, data: str | None) -> Lake | None:
@@ -203,7 +212,29 @@ class Service:
         if workers < 0:
             raise StartError(f"--decode-workers {workers}: give 0 or more processes")
         self.decoders = Decoders(self.model, model_text, model_source, workers)
-        self.store = Store(
+        self.lake = lake_of(config.lake, config.lake_data)
+        #: a fold node's stores, one per owned partition (else the one store)
+        self.stores = [self._store(schema, handoff) for schema, handoff in self._roles()]
+        self.store = self.stores[0]
+        self.followers = [
+            shards.Follower(store, part) for store, part in zip(self.stores, config.owns, strict=False)
+        ] if config.role == "fold" else []  # fmt: skip
+        self.intake = Intake(
+            self.model, self.store, self.telemetry, Admission(config.max_bytes_in_flight), self.decoders
+        )
+        #: alert dispatchers and webhook runners: one each per store (a fold node's partitions)
+        per_store = [self._notifiers(store) for store in self.stores]
+        self.alerts, self.actions = per_store[0]
+        self.notifiers: list[AlertDispatcher | ActionRunner] = [n for pair in per_store for n in pair if n is not None]
+        self.grpc: GrpcReceiver | None = None
+        self.http: ThreadedServer | None = None
+        self.api: ThreadedServer | None = None
+        #: things a person should know (e.g. a listener open to the network without a token)
+        self.warnings: list[str] = []
+
+    def _store(self, schema: str | None, handoff: shards.Handoff | None) -> Store:
+        config = self.config
+        return Store(
             Path(config.db),
             self.model,
             self.clock,
@@ -212,20 +243,48 @@ class Service:
             memory_limit=config.memory_limit,
             retention_ns=parse_retention(config.retention),
             drift_threshold=config.drift_after,
-            lake_at=lake_of(config.lake, config.lake_data),
+            lake_at=self.lake,
+            schema=schema,
+            handoff=handoff,
         )
-        self.intake = Intake(
-            self.model, self.store, self.telemetry, Admission(config.max_bytes_in_flight), self.decoders
-        )
-        self.alerts, self.actions = self._notifiers()
-        self.grpc: GrpcReceiver | None = None
-        self.http: ThreadedServer | None = None
-        self.api: ThreadedServer | None = None
-        #: things a person should know (e.g. a listener open to the network without a token)
-        self.warnings: list[str] = []
 
-    def _notifiers(self) -> tuple[AlertDispatcher | None, ActionRunner | None]:
+    def _roles(self) -> list[tuple[str | None, shards.Handoff | None]]:
+        """(schema, hand-off) of each store this node runs, checked against its role's flags."""
         config = self.config
+        if config.role not in shards.ROLES:
+            raise StartError(f"--role {config.role!r}: give one of {', '.join(shards.ROLES)}")
+        if config.role == "all":
+            if config.partitions is not None or config.owns or config.node:
+                raise StartError("--partitions, --owns and --node are for --role ingest and --role fold")
+            return [(None, None)]
+        if self.lake is None:
+            raise StartError(f"--role {config.role} needs a lake: pass --lake CATALOG --lake-data PATH")
+        if config.partitions is None or config.partitions < 1:
+            raise StartError(f"--role {config.role} needs --partitions N: the lake's number of key partitions")
+        if config.role == "ingest":
+            if not config.node or not config.node.replace("_", "").isalnum():
+                raise StartError(
+                    "--role ingest needs --node NAME (letters, digits, _): its key buffer is kept in the lake under "
+                    "that name, so a restarted node must keep it"
+                )
+            if config.alertmanager or config.otlp_logs:
+                raise StartError("alerts come from the fold nodes: pass --alertmanager/--otlp-logs to them")
+            return [(shards.ingest_schema(config.node.lower()), shards.Handoff(config.partitions, config.node.lower()))]
+        owns = config.owns
+        if not owns:
+            raise StartError("--role fold needs --owns i[,j…]: the key partitions this node folds")
+        bad = [i for i in owns if not 0 <= i < config.partitions]
+        if bad or len(set(owns)) != len(owns):
+            raise StartError(
+                f"--owns {','.join(map(str, owns))}: give distinct partitions from 0 to {config.partitions - 1}, "
+                "each owned by exactly one running fold node"
+            )
+        return [(shards.partition_schema(i), None) for i in owns]
+
+    def _notifiers(self, store: Store) -> tuple[AlertDispatcher | None, ActionRunner | None]:
+        config = self.config
+        if store.handoff is not None:  # an ingest node folds nothing: anomalies open on fold nodes
+            return None, None
         for url in config.alertmanager:
             if not is_http_url(url):
                 raise StartError(f"--alertmanager {url!r}: give Alertmanager's base URL, e.g. http://127.0.0.1:9093")
@@ -242,7 +301,7 @@ class Service:
             targets.append(OtlpLogs(config.otlp_logs))
         backoff = config.delivery_backoff_s
         alerts = (
-            AlertDispatcher(self.store, targets, self.telemetry, resend_s=resend_s, backoff_s=backoff)
+            AlertDispatcher(store, targets, self.telemetry, resend_s=resend_s, backoff_s=backoff)
             if targets
             else None
         )
@@ -250,30 +309,45 @@ class Service:
         if not webhooks:
             return alerts, None
         runner = ActionRunner(
-            self.store, self.model, self.clock, self.telemetry, links, dry_run=config.dry_run_actions, backoff_s=backoff
+            store, self.model, self.clock, self.telemetry, links, dry_run=config.dry_run_actions, backoff_s=backoff
         )
         return alerts, runner
 
     def start(self) -> None:
+        if self.config.role != "all":
+            self._prepare_lake()
+        opened: list[Store] = []
         try:
-            self.store.open()
+            for store in self.stores:
+                store.open()
+                opened.append(store)
         except StoreOpenError as exc:
+            for store in opened:
+                store.close()
             raise StartError(str(exc)) from exc
-        for notifier in (self.alerts, self.actions):
-            if notifier is not None:
-                notifier.start()
+        for follower in self.followers:
+            follower.start()
+        for notifier in self.notifiers:
+            notifier.start()
         try:
-            self.decoders.start()
+            if self.config.role != "fold":  # a fold node decodes nothing: its input is the lake
+                self.decoders.start()
         except Exception as exc:
-            self.store.close()
+            for notifier in self.notifiers:
+                notifier.stop()
+            for follower in self.followers:
+                follower.stop()
+            for store in self.stores:
+                store.close()
             raise StartError(f"cannot start the decoder processes: {exc}; try --decode-workers 0") from exc
         tune_gc()
         try:
             tls_files, tls_pem = self._tls()
-            if self.config.otlp_grpc:
+            receives = self.config.role != "fold"  # a fold node's input is the lake
+            if self.config.otlp_grpc and receives:
                 self.grpc = GrpcReceiver(self.intake, self.config.otlp_grpc, token=self.config.token, tls=tls_pem)
                 self.grpc.start()
-            if self.config.otlp_http:
+            if self.config.otlp_http and receives:
                 self.http = ThreadedServer(
                     build_app(self.intake, token=self.config.token),
                     self.config.otlp_http,
@@ -285,7 +359,7 @@ class Service:
             if self.config.api:
                 self.api = ThreadedServer(
                     build_api(
-                        self.store.cursor,
+                        self.store.cursor if self.config.role == "all" else (lambda: self.store.cursor("main")),
                         self.telemetry,
                         token=self.config.token,
                         timeout_s=self.config.query_timeout_s,
@@ -301,6 +375,26 @@ class Service:
             self.stop()
             raise StartError(str(exc)) from exc
         self.warnings = self._exposure_warnings()
+
+    def _prepare_lake(self) -> None:
+        assert self.lake is not None and self.config.partitions is not None
+        try:
+            con = lakes.connect(self.lake)
+        except LakeError as exc:
+            raise StartError(str(exc)) from exc
+        try:
+            shards.prepare_with_retry(con, self.config.partitions)
+        except shards.LayoutError as exc:
+            raise StartError(str(exc)) from exc
+        except Exception as exc:
+            raise StartError(f"cannot prepare the {self.lake.describe()} for nodes with roles: {exc}") from exc
+        finally:
+            con.close()
+
+    def sync(self, timeout_s: float = 60.0) -> None:
+        """A fold node: wait until everything handed off so far is folded."""
+        for follower in self.followers:
+            follower.sync(timeout_s)
 
     def _tls(self) -> tuple[tuple[str, str] | None, tuple[bytes, bytes] | None]:
         cert, key = self.config.tls_cert, self.config.tls_key
@@ -343,13 +437,16 @@ class Service:
         if self.api is not None:
             self.api.stop()
             self.api = None
-        for notifier in (self.alerts, self.actions):
-            if notifier is not None:
-                notifier.stop()
-        for target in self.alerts.targets if self.alerts else ():
-            target.target.close()
+        for notifier in self.notifiers:
+            notifier.stop()
+        for notifier in self.notifiers:
+            for target in notifier.targets if isinstance(notifier, AlertDispatcher) else ():
+                target.target.close()
         self.decoders.stop()
-        self.store.close()
+        for follower in self.followers:
+            follower.stop()
+        for store in self.stores:
+            store.close()
 
     def __enter__(self) -> Service:
         self.start()

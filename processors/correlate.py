@@ -63,6 +63,16 @@ class LearnedKey(NamedTuple):
     instance_key: str
 
 
+class Routed(NamedTuple):
+    """A matched span whose key is settled, handed from an ingest node to the fold node that owns
+    its key (lake mode with roles): ``key`` is None for a span that never got one (``unkeyed``)."""
+
+    workflow: str
+    key: str | None
+    span: SpanRecord
+    arrived_ns: int
+
+
 @dataclass(slots=True)
 class StepResult:
     transitions: list[Transition] = field(default_factory=list)
@@ -70,6 +80,8 @@ class StepResult:
     pending_added: list[PendingSpan] = field(default_factory=list)
     pending_removed: list[tuple[str, str, str]] = field(default_factory=list)
     learned_keys: list[LearnedKey] = field(default_factory=list)
+    #: spans whose key is settled, for the fold nodes (only a :class:`KeyRouter` fills this)
+    routed: list[Routed] = field(default_factory=list)
     dropped: Counter[DropReason] = field(default_factory=Counter)
     touched: set[InstanceId] = field(default_factory=set)
     #: instances this step started (nothing of them is stored yet: no rows to replace)
@@ -81,6 +93,7 @@ class StepResult:
         self.pending_added.extend(other.pending_added)
         self.pending_removed.extend(other.pending_removed)
         self.learned_keys.extend(other.learned_keys)
+        self.routed.extend(other.routed)
         self.dropped.update(other.dropped)
         self.touched |= other.touched
         self.created |= other.created
@@ -191,6 +204,23 @@ class Processor:
                 # clock is event time, and one batch can move it past spans still to be placed
                 arrived = span.end_ns if span.end_ns > now_ns else now_ns
                 self._place(PendingSpan(workflow, span, arrived, key), now_ns, out, wf_cands)
+        self._evict_overflow(now_ns, out)
+        return out
+
+    def process_routed(self, items: Sequence[Routed], now_ns: int) -> StepResult:
+        """Spans whose key an ingest node settled: placed as :meth:`process` places a keyed span
+        (start buffer, transitions, the instance table); no key is looked for here."""
+        out = StepResult()
+        for item in items:
+            if item.workflow not in self._wf:
+                continue
+            if item.key is None:
+                steps = tuple(sorted({c.step for c in self.model.candidates(item.span) if c.workflow == item.workflow}))
+                out.dropped[DropReason.UNKEYED] += 1
+                out.spans.append(MatchedSpan(item.workflow, None, item.span, steps, DropReason.UNKEYED.value))
+                continue
+            arrived = item.span.end_ns if item.span.end_ns > now_ns else now_ns
+            self._place(PendingSpan(item.workflow, item.span, arrived, item.key), now_ns, out)
         self._evict_overflow(now_ns, out)
         return out
 
@@ -320,3 +350,47 @@ class Processor:
         while len(self._pending) > self.max_pending:
             _, oldest = next(iter(self._pending.items()))
             self._expire(oldest, now_ns, out)
+
+
+class KeyRouter(Processor):
+    """The ingest role's half of :class:`Processor`: matching and key correlation only. A span
+    whose key is settled (its own, its trace's, a linked trace's, or the trace-id fallback) leaves
+    as :class:`Routed` for the fold node owning that key; the start buffer, the fold and the
+    instance table are the fold node's. Key buffers work as in :class:`Processor`."""
+
+    def _place(self, p: PendingSpan, now_ns: int, out: StepResult, cands: list[Candidate] | None = None) -> None:
+        if p.key is None:
+            self._park(p, out)
+            return
+        out.routed.append(Routed(p.workflow, p.key, p.span, p.arrived_ns))
+
+    def _expire(self, p: PendingSpan, now_ns: int, out: StepResult) -> None:
+        corr = self._wf[p.workflow]
+        if p.key is not None or corr.wf.key.fallback == "trace_id":
+            super()._expire(p, now_ns, out)
+            return
+        self._unpark(p, out)
+        out.routed.append(Routed(p.workflow, None, p.span, p.arrived_ns))
+
+    def waiting_links(self) -> list[tuple[str, str]]:
+        """(workflow, trace id) of linked traces that spans wait on and whose key this node has
+        not seen: their trace may have reached another ingest node (looked up in the lake)."""
+        return sorted(
+            (name, tid)
+            for name, corr in self._wf.items()
+            if "links" in corr.wf.key.inherit
+            for tid in corr.by_link
+            if tid not in corr.trace_keys
+        )
+
+    def learn_remote(self, keys: Iterable[LearnedKey], now_ns: int) -> StepResult:
+        """Keys another node learned (from the lake's shared lookup): release what waits on them.
+        They are not reported as learned here (the other node stored them)."""
+        out = StepResult()
+        for lk in keys:
+            corr = self._wf.get(lk.workflow)
+            if corr is None or lk.trace_id in corr.trace_keys:
+                continue
+            corr.trace_keys[lk.trace_id] = lk.instance_key
+            self._release_trace(corr, lk.trace_id, now_ns, out)
+        return out

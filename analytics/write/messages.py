@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from analytics.write.observer import Changes
+from processors.correlate import Routed
 from processors.fold import InstanceState
 from processors.state import InstanceId
 from processors.types import SpanRecord
@@ -66,6 +67,10 @@ class Request:
     future: Future[CommitReceipt]
     #: the latest event time of the request: the clock observes it once the batch committed
     event_ns: int = 0
+    #: lake mode with roles, on a fold node: spans whose key an ingest node settled (``records``
+    #: is then empty), and the hand-off's snapshot they were followed up to
+    routed: Sequence[Routed] | None = None
+    position: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,59 @@ from __future__ import annotations
 
 from typing import Any
 
+#: the SQL contract's macros and views over the public tables (also created over the partitions
+#: of a lake with roles: analytics/write/shards.py)
+STATE_AT = """
+        CREATE MACRO state_at(ts) AS TABLE
+            SELECT workflow, instance_key, status, valid_from, valid_to
+            FROM instance_history
+            WHERE valid_from <= CAST(ts AS TIMESTAMP)
+              AND (valid_to IS NULL OR valid_to > CAST(ts AS TIMESTAMP));
+"""
+ANOMALY_TIME = """
+        -- time each instance spent with at least one open anomaly (overlaps merged)
+        CREATE VIEW anomaly_time AS
+        WITH a AS (
+            SELECT workflow, instance_key, opened_at AS s, coalesce(resolved_at, now()::TIMESTAMP) AS e
+            FROM anomalies
+        ), b AS (
+            SELECT *, max(e) OVER (PARTITION BY workflow, instance_key ORDER BY s, e
+                                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_e
+            FROM a
+        ), c AS (
+            SELECT *, sum(CASE WHEN prev_e IS NULL OR s > prev_e THEN 1 ELSE 0 END)
+                      OVER (PARTITION BY workflow, instance_key ORDER BY s, e) AS island
+            FROM b
+        ), d AS (
+            SELECT workflow, instance_key, island, min(s) AS s, max(e) AS e FROM c GROUP BY ALL
+        )
+        SELECT workflow, instance_key, sum(epoch(e - s)) AS seconds_with_open_anomaly
+        FROM d GROUP BY ALL;
+"""
+CONVERGENCE = """
+        CREATE OR REPLACE MACRO convergence(bucket) AS TABLE
+            SELECT i.workflow,
+                   time_bucket(bucket, i.started_at) AS window_start,
+                   count(*) AS started,
+                   count(*) FILTER (WHERE i.status = 'converged') AS converged,
+                   count(*) FILTER (WHERE i.status = 'failed') AS failed,
+                   count(*) FILTER (WHERE i.status = 'compensated') AS compensated,
+                   count(*) FILTER (WHERE i.status = 'degraded') AS degraded,
+                   count(*) FILTER (WHERE i.status = 'diverged') AS diverged,
+                   count(*) FILTER (WHERE i.status = 'stalled') AS stalled,
+                   count(*) FILTER (WHERE i.status = 'running') AS running,
+                   round(count(*) FILTER (WHERE i.status IN ('converged', 'failed', 'compensated')) / count(*), 4)
+                       AS convergence_rate,
+                   quantile_cont(epoch(i.converged_at - i.started_at), 0.50) AS p50_seconds,
+                   quantile_cont(epoch(i.converged_at - i.started_at), 0.95) AS p95_seconds,
+                   quantile_cont(epoch(i.converged_at - i.started_at), 0.99) AS p99_seconds,
+                   coalesce(sum(t.seconds_with_open_anomaly), 0) AS seconds_with_open_anomaly
+            FROM instances i
+            LEFT JOIN anomaly_time t USING (workflow, instance_key)
+            GROUP BY ALL
+            ORDER BY window_start, workflow;
+"""
+
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (
         1,
@@ -76,12 +129,8 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             instance_key  VARCHAR NOT NULL,
             learned_at    TIMESTAMP NOT NULL
         );
-        CREATE MACRO state_at(ts) AS TABLE
-            SELECT workflow, instance_key, status, valid_from, valid_to
-            FROM instance_history
-            WHERE valid_from <= CAST(ts AS TIMESTAMP)
-              AND (valid_to IS NULL OR valid_to > CAST(ts AS TIMESTAMP));
-        """,
+        """
+        + STATE_AT,
     ),
 )
 
@@ -104,24 +153,9 @@ MIGRATIONS += (
             evidence         STRUCT(trace_id VARCHAR, span_id VARCHAR, what VARCHAR)[] NOT NULL,
             detected_at      TIMESTAMP NOT NULL
         );
-        -- time each instance spent with at least one open anomaly (overlaps merged)
-        CREATE VIEW anomaly_time AS
-        WITH a AS (
-            SELECT workflow, instance_key, opened_at AS s, coalesce(resolved_at, now()::TIMESTAMP) AS e
-            FROM anomalies
-        ), b AS (
-            SELECT *, max(e) OVER (PARTITION BY workflow, instance_key ORDER BY s, e
-                                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_e
-            FROM a
-        ), c AS (
-            SELECT *, sum(CASE WHEN prev_e IS NULL OR s > prev_e THEN 1 ELSE 0 END)
-                      OVER (PARTITION BY workflow, instance_key ORDER BY s, e) AS island
-            FROM b
-        ), d AS (
-            SELECT workflow, instance_key, island, min(s) AS s, max(e) AS e FROM c GROUP BY ALL
-        )
-        SELECT workflow, instance_key, sum(epoch(e - s)) AS seconds_with_open_anomaly
-        FROM d GROUP BY ALL;
+        """
+        + ANOMALY_TIME
+        + """
         -- convergence per workflow and time window, e.g. SELECT * FROM convergence(INTERVAL 1 MINUTE)
         CREATE MACRO convergence(bucket) AS TABLE
             SELECT i.workflow,
@@ -160,28 +194,8 @@ MIGRATIONS += (
             WHERE status = 'compensated' AND NOT list_contains(map_values(steps), 'compensated'));
         UPDATE instances SET status = 'failed'
         WHERE status = 'compensated' AND NOT list_contains(map_values(steps), 'compensated');
-        CREATE OR REPLACE MACRO convergence(bucket) AS TABLE
-            SELECT i.workflow,
-                   time_bucket(bucket, i.started_at) AS window_start,
-                   count(*) AS started,
-                   count(*) FILTER (WHERE i.status = 'converged') AS converged,
-                   count(*) FILTER (WHERE i.status = 'failed') AS failed,
-                   count(*) FILTER (WHERE i.status = 'compensated') AS compensated,
-                   count(*) FILTER (WHERE i.status = 'degraded') AS degraded,
-                   count(*) FILTER (WHERE i.status = 'diverged') AS diverged,
-                   count(*) FILTER (WHERE i.status = 'stalled') AS stalled,
-                   count(*) FILTER (WHERE i.status = 'running') AS running,
-                   round(count(*) FILTER (WHERE i.status IN ('converged', 'failed', 'compensated')) / count(*), 4)
-                       AS convergence_rate,
-                   quantile_cont(epoch(i.converged_at - i.started_at), 0.50) AS p50_seconds,
-                   quantile_cont(epoch(i.converged_at - i.started_at), 0.95) AS p95_seconds,
-                   quantile_cont(epoch(i.converged_at - i.started_at), 0.99) AS p99_seconds,
-                   coalesce(sum(t.seconds_with_open_anomaly), 0) AS seconds_with_open_anomaly
-            FROM instances i
-            LEFT JOIN anomaly_time t USING (workflow, instance_key)
-            GROUP BY ALL
-            ORDER BY window_start, workflow;
-        """,
+        """
+        + CONVERGENCE,
     ),
 )
 

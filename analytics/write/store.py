@@ -34,6 +34,7 @@ from typing import Any
 import duckdb
 
 from analytics.common import lake
+from analytics.write import shards
 from analytics.common.telemetry import Telemetry
 from analytics.write import persist, rows
 from analytics.write.connection import CHECKPOINT_THRESHOLD, connect
@@ -53,7 +54,7 @@ from analytics.write.messages import (
 from analytics.write.observer import Changes, Observer
 from analytics.write.schema import migrate
 from processors.clock import Clock
-from processors.correlate import Processor, StepResult
+from processors.correlate import KeyRouter, Processor, Routed, StepResult
 from processors.fold import InstanceState
 from processors.health import DEFAULT_THRESHOLD, ModelHealth
 from processors.matching import CompiledModel
@@ -104,10 +105,17 @@ class Store:
         retention_ns: int | None = None,
         drift_threshold: int = DEFAULT_THRESHOLD,
         lake_at: lake.Lake | None = None,
+        schema: str | None = None,
+        handoff: shards.Handoff | None = None,
     ) -> None:
         #: lake mode: the tables live in this DuckLake (``path`` is then only a name for messages)
         self.lake = lake_at
-        self.path = str(path) if lake_at is None else lake_at.describe()
+        #: lake mode with roles: this store's own schema in the lake (a partition's, or an ingest
+        #: node's buffer); None: the lake's main schema
+        self.schema = schema
+        #: an ingest node: spans whose key is settled go to the lake's hand-off, not to a fold
+        self.handoff = handoff
+        self.path = str(path) if lake_at is None else lake_at.describe() + (f" schema {schema}" if schema else "")
         self.model = model
         self.clock = clock
         self.telemetry = telemetry or Telemetry()
@@ -124,6 +132,7 @@ class Store:
         self._con: Any = None
         self._reader_parent: Any = None
         self._catalog = ""
+        self._schema = "main"
         self._reader_lock = threading.Lock()
         self._closed = threading.Event()
         self._processor = self._new_processor()
@@ -145,7 +154,7 @@ class Store:
     # -- lifecycle ------------------------------------------------------------------------
     def open(self) -> None:
         """Open (or create) the database, migrate, rebuild state, start the writer."""
-        real = f"lake {self.lake.catalog}" if self.lake is not None else str(Path(self.path).resolve())
+        real = f"lake {self.lake.catalog} {self.schema}" if self.lake is not None else str(Path(self.path).resolve())
         with _OPEN_LOCK:
             if real in _OPEN_PATHS:
                 raise StoreOpenError(
@@ -171,6 +180,9 @@ class Store:
                 + (". Is another coordstate serving it? Stop it, or pass another --db" if held else "")
             ) from exc
         try:
+            if self.schema is not None:
+                self._con.execute(f"CREATE SCHEMA IF NOT EXISTS {lake.ALIAS}.{self.schema}")
+                self._con.execute(f"USE {lake.ALIAS}.{self.schema}")
             migrate(self._con)
         except Exception as exc:
             self._con.close()
@@ -188,6 +200,7 @@ class Store:
             self._con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
         self._con.execute("SET lock_configuration = true")
         self._catalog = self._con.execute("SELECT current_database()").fetchone()[0]
+        self._schema = self._con.execute("SELECT current_schema()").fetchone()[0]
         self._reader_parent = self._con.cursor()
         self._restore()
         self._thread = threading.Thread(target=self._run, name="coordstate-writer", daemon=True)
@@ -242,14 +255,25 @@ class Store:
         self.telemetry.set("queue_depth", self._queue.qsize())
         return future
 
-    def cursor(self) -> Any:
-        """A new DuckDB connection to the same database, for one reader thread."""
+    def cursor(self, schema: str | None = None) -> Any:
+        """A new DuckDB connection to the same database, for one reader thread; in this store's
+        schema, or in ``schema`` (``main``: the whole lake's public views, on a node with roles)."""
         with self._reader_lock:
             if self._reader_parent is None:
                 raise StoreClosed("the store is closed")
             cur = self._reader_parent.cursor()
-        cur.execute(f'USE "{self._catalog}"')  # a cursor starts in DuckDB's in-memory catalog
+        cur.execute(f'USE "{self._catalog}"."{schema or self._schema}"')  # a cursor starts in DuckDB's memory catalog
         return cur
+
+    def submit_routed(self, items: Sequence[Routed], event_ns: int, position: int) -> Future[CommitReceipt]:
+        """A fold node's input: spans an ingest node keyed, followed up to snapshot ``position``
+        of the hand-off (recorded in the same transaction)."""
+        future: Future[CommitReceipt] = Future()
+        if self._closed.is_set():
+            future.set_exception(StoreClosed("the store is closed"))
+            return future
+        self._queue.put(Request((), future, event_ns, items, position))
+        return future
 
     def tick_now(self, limit: int | None = None) -> None:
         """Ask the writer for a tick at the clock's current time, and wait for it. It re-folds
@@ -346,18 +370,22 @@ class Store:
         now = self.clock.now_ns()
         started = time.perf_counter()
         result = StepResult()
+        position = max((req.position for req in batch if req.position is not None), default=None)
         try:
             for req in batch:
-                result.merge(self._processor.process(req.records, now))
+                if req.routed is not None:
+                    result.merge(self._processor.process_routed(req.routed, now))
+                else:
+                    result.merge(self._processor.process(req.records, now))
         except Exception:  # a bug must cost one batch (retryable), never the writer thread
             log.exception("processing a batch failed; rebuilding state from the database")
             self.telemetry.add("commit_failures")
             self._rollback_and_rebuild(in_transaction=False)
             ok = False
         else:
-            ok = self._persist(result, set(), now)
+            ok = self._persist(result, set(), now, position)
         elapsed = time.perf_counter() - started
-        nspans = sum(len(r.records) for r in batch)
+        nspans = sum(len(r.records) + len(r.routed or ()) for r in batch)
         if ok:  # before any sender hears back: its acknowledged data is always inside the watermark
             self.clock.observe(max(req.event_ns for req in batch))
         for req in batch:
@@ -368,6 +396,7 @@ class Store:
         if ok:
             self.telemetry.add("spans_committed", nspans)
             self.telemetry.add("transitions_written", len(result.transitions))
+            self.telemetry.add("spans_handed_off", len(result.routed))
             self.telemetry.add("commits")
             self.telemetry.add_dropped(result.dropped)  # type: ignore[arg-type]
         self.telemetry.set("commit_latency_seconds", elapsed)
@@ -403,16 +432,33 @@ class Store:
         self._evict_quiet(now)
         if self.retention_ns is not None:
             self._retain(now)
-        result = self._processor.tick(now)
+        result = self._lookup_links(now)
+        result.merge(self._processor.tick(now))
         due: set[InstanceId] = set()
         while self._timers and self._timers[0][0] <= now and (limit is None or len(due) < limit):
             _, wf, key = heapq.heappop(self._timers)
             due.add((wf, key))
-        changed = bool(result.transitions or result.spans or result.pending_removed or due)
+        changed = bool(result.transitions or result.spans or result.pending_removed or result.routed or due)
         if changed and self._persist(result, due, now):
             self.telemetry.add_dropped(result.dropped)  # type: ignore[arg-type]
             self.telemetry.add("transitions_written", len(result.transitions))
         self._write_health(now)
+
+    def _lookup_links(self, now: int) -> StepResult:
+        """An ingest node: keys of linked traces that reached another ingest node (the lake's
+        shared lookup); the spans waiting on them go on. They wait ``key.wait`` at most, as any."""
+        processor = self._processor
+        if self.handoff is None or not isinstance(processor, KeyRouter):
+            return StepResult()
+        wanted = processor.waiting_links()
+        if not wanted:
+            return StepResult()
+        try:
+            found = shards.shared_keys(self._con, wanted)
+        except Exception as exc:  # the lake unreachable: they wait on, and expire as they would
+            log.warning("looking up linked traces' keys failed, retrying at the next tick: %s", exc)
+            return StepResult()
+        return processor.learn_remote(found, now)
 
     def _write_health(self, now: int) -> None:
         """Model drift findings to ``model_health`` and the gauges, when they changed."""
@@ -432,7 +478,7 @@ class Store:
         self._health_written_at = now
 
     # -- persistence --------------------------------------------------------------------
-    def _persist(self, result: StepResult, due: set[InstanceId], now: int) -> bool:
+    def _persist(self, result: StepResult, due: set[InstanceId], now: int, position: int | None = None) -> bool:
         table = self._processor.table
         states = [table.state(i, now) for i in sorted(result.touched)]
         for inst in sorted(due - result.touched):
@@ -445,6 +491,10 @@ class Store:
         try:
             con.execute("BEGIN")
             persist.write(con, tables)
+            if self.handoff is not None:
+                self.handoff.write(con, result, now)
+            if position is not None:
+                shards.write_position(con, position, now)
             self.observer.write(con, changes, now)
             if self.fault is not None:
                 self.fault()
@@ -519,7 +569,8 @@ class Store:
             log.error("cannot rebuild state from the database: %s", exc)
 
     def _new_processor(self) -> Processor:
-        return Processor(self.model, InstanceTable(self.model.workflows, loader=self._load_instance))
+        kind = KeyRouter if self.handoff is not None else Processor
+        return kind(self.model, InstanceTable(self.model.workflows, loader=self._load_instance))
 
     def _load_instance(self, instance: InstanceId) -> list[Transition]:
         return persist.load_instance(self._con, self.model, instance)
