@@ -274,7 +274,11 @@ class Follower:
 
     def sync(self, timeout_s: float = 60.0) -> None:
         """Wait until everything handed off so far is folded (tests, benchmarks, shutdown)."""
-        target = current_snapshot(self._con if self._con is not None else self.store.cursor())
+        cur = self.store.cursor()  # this thread's own: a connection serves one thread at a time
+        try:
+            target = current_snapshot(cur)
+        finally:
+            cur.close()
         with self._changed:
             if not self._changed.wait_for(lambda: self.position >= target, timeout=timeout_s):
                 raise TimeoutError(f"partition {self.partition} is at snapshot {self.position}, not {target}")
