@@ -280,3 +280,40 @@ def test_killed_ingest_and_fold_nodes_lose_nothing_acknowledged(tmp_path: Path, 
     assert restarts == [2, 1, 1, 2]
     assert len(expected) > 200
     assert got == expected  # nothing acknowledged lost, nothing doubled
+
+
+def test_a_postgresql_restart_mid_stream_costs_retries_not_data(tmp_path: Path, postgres: Postgres) -> None:
+    requests = traffic(seed=23, count=30)
+    end = T0 + 600 * SECOND
+    expected = embedded(requests, tmp_path / "embedded.duckdb", end)
+    postgres.create("pgrestart")
+    clock = ManualClock(T0)
+    data = tmp_path / "lake"
+    ingest = Service(lake_config(postgres, "pgrestart", data, role="ingest", node="solo"), clock=clock)
+    fold = Service(lake_config(postgres, "pgrestart", data, role="fold", owns=(0, 1, 2, 3)), clock=clock)
+    for node in (ingest, fold):
+        node.start()
+    refused = 0
+    try:
+        third = len(requests) // 3
+        for i, spans in enumerate(requests):
+            if i == third:
+                postgres.stop()
+                exporter = grpc_exporter(ingest.grpc_endpoint, timeout=3)
+                assert exporter.export(spans) == SpanExportResult.FAILURE  # UNAVAILABLE: retryable
+                exporter.shutdown()
+                refused = int(ingest.telemetry.snapshot().counters.get("commit_failures", 0))
+                postgres.start()
+            exporter = grpc_exporter(ingest.grpc_endpoint, timeout=30)
+            assert exporter.export(spans) == SpanExportResult.SUCCESS
+            exporter.shutdown()
+        settle([ingest], [fold])
+        clock.set(end)
+        settle([ingest], [fold])
+        got = rows(fold.store.cursor("main"))
+    finally:
+        for node in (fold, ingest):
+            node.stop()
+    assert refused >= 1
+    for name in CONTRACT:
+        assert got[name] == expected[name], name

@@ -144,6 +144,8 @@ class Store:
         self._timers: list[tuple[int, str, str]] = []
         self._last: dict[InstanceId, tuple[str, int]] = {}
         self._real_path = ""
+        #: the in-memory state could not be rebuilt from the database: refuse work until it can
+        self._stale = False
         #: called by the writer after each commit that opened or resolved anomalies (the alert
         #: dispatcher's inbox): must return at once and never raise
         self.listeners: list[Callable[[Changes], None]] = []
@@ -338,6 +340,12 @@ class Store:
                 except queue.Empty:
                     item = None
             try:
+                if self._stale and not self._rebuild():
+                    # the database is still unreadable (a lake whose catalog is down): nothing is
+                    # processed on a state that is not the stored one; senders are told to retry
+                    self._refuse(batch, ticks, records)
+                    batch, ticks, records = [], [], []
+                    last_tick = time.monotonic()  # nor is a periodic tick run on it
                 if batch:
                     self._commit(batch)
                 if records:
@@ -558,6 +566,12 @@ class Store:
         if in_transaction:
             with contextlib.suppress(duckdb.Error):
                 self._con.execute("ROLLBACK")
+        self._rebuild()
+
+    def _rebuild(self) -> bool:
+        """The in-memory state anew from the database. If the database cannot be read (a lake's
+        catalog down), the store stays *stale*: every batch is refused (retryable) and the
+        rebuild is tried again before the next one."""
         self._processor = self._new_processor()
         self._health_written = []
         self._quiet.clear()
@@ -565,8 +579,22 @@ class Store:
         self._last.clear()
         try:
             self._restore()
-        except Exception as exc:  # the database itself is unreadable: keep serving (retryable) errors
-            log.error("cannot rebuild state from the database: %s", exc)
+        except Exception as exc:  # keep serving (retryable) errors until it can be read again
+            log.error("cannot rebuild state from the database, will retry before the next batch: %s", exc)
+            self._stale = True
+            return False
+        self._stale = False
+        return True
+
+    @staticmethod
+    def _refuse(batch: list[Request], ticks: list[Tick], records: list[Record]) -> None:
+        error = StoreUnavailable("the database cannot be read right now (is the lake's catalog up?); retry")
+        for req in batch:
+            req.future.set_exception(error)
+        for rec in records:
+            rec.done.set_exception(error)
+        for tick in ticks:
+            tick.done.set_result(CommitReceipt(0, 0))
 
     def _new_processor(self) -> Processor:
         kind = KeyRouter if self.handoff is not None else Processor
