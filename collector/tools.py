@@ -17,6 +17,7 @@ from pathlib import Path
 from analytics.common import lake
 from analytics.read.client import DEFAULT_API_URL, query_api, query_file
 from analytics.read.ocel import Fetch, ocel_document
+from analytics.write import shards
 from collector.discover import DiscoverError, discover, render_model
 from collector.fit import fit_files, fit_stored, render_fit, summary_from_counts
 from collector.service import DEFAULT_MODEL, lake_of, load_compiled
@@ -118,13 +119,19 @@ def _cmd_lake_maintain(args: argparse.Namespace) -> int:
     except lake.LakeError as exc:
         raise ToolError(str(exc)) from exc
     try:
-        done = lake.maintain(con, keep // 1_000_000_000)
+        pruned = shards.prune(con, keep // 1_000_000_000)
+        done = lake.maintain(con, keep // 1_000_000_000, pruned.floor if pruned else None)
     finally:
         con.close()
     print(
         f"maintained the {where.describe()}: data files {done.files_before:,} -> {done.files_after:,}, "
         f"snapshots {done.snapshots_before:,} -> {done.snapshots_after:,} (kept {args.keep} of history)"
     )
+    if pruned is not None:
+        print(
+            f"hand-offs folded by every partition: {pruned.handoff_rows:,} rows removed, {pruned.shared_keys:,} "
+            f"shared keys; snapshots from {pruned.floor} UTC kept for the slowest partition"
+        )
     return EXIT_OK
 
 

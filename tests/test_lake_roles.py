@@ -317,3 +317,42 @@ def test_a_postgresql_restart_mid_stream_costs_retries_not_data(tmp_path: Path, 
     assert refused >= 1
     for name in CONTRACT:
         assert got[name] == expected[name], name
+
+
+def test_compaction_keeps_what_a_stopped_fold_node_has_not_folded(tmp_path: Path, postgres: Postgres) -> None:
+    requests = traffic(seed=31, count=20)
+    end = T0 + 600 * SECOND
+    expected = embedded(requests, tmp_path / "embedded.duckdb", end)
+    postgres.create("compact")
+    clock = ManualClock(T0)
+    data = tmp_path / "lake"
+    ingest = Service(lake_config(postgres, "compact", data, role="ingest", node="solo"), clock=clock)
+    early = Service(lake_config(postgres, "compact", data, role="fold", owns=(0, 1)), clock=clock)
+    late = Service(lake_config(postgres, "compact", data, role="fold", owns=(2, 3)), clock=clock)
+    for node in (ingest, early, late):
+        node.start()
+    late.stop()  # partitions 2 and 3 fall behind
+    try:
+        exporter = grpc_exporter(ingest.grpc_endpoint)
+        for spans in requests:
+            assert exporter.export(spans) == SpanExportResult.SUCCESS
+        exporter.shutdown()
+        settle([ingest], [early])
+        done = subprocess.run(
+            [COORDSTATE, "lake", "maintain", "--lake", postgres.catalog("compact"), "--lake-data", str(data),
+             "--keep", "0s"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "hand-offs folded by every partition: 0 rows removed" in done.stdout  # 2 and 3 still read them
+        late = Service(lake_config(postgres, "compact", data, role="fold", owns=(2, 3)), clock=clock)
+        late.start()
+        settle([ingest], [early, late])
+        clock.set(end)
+        settle([ingest], [early, late])
+        got = rows(early.store.cursor("main"))
+    finally:
+        for node in (late, early, ingest):
+            node.stop()
+    for name in CONTRACT:
+        assert got[name] == expected[name], name

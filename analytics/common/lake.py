@@ -124,21 +124,25 @@ class Maintenance:
     snapshots_after: int
 
 
-def maintain(con: Any, keep_s: int) -> Maintenance:
-    """Compaction, in one process beside the serving node (no row is deleted here: retention is the
-    writer's): small files merged, inlined rows written out, snapshots older than ``keep_s``
-    seconds expired and the files only they referenced removed."""
+def maintain(con: Any, keep_s: int, floor: str | None = None) -> Maintenance:
+    """Compaction, in one process beside the serving nodes (no coordination row is deleted here:
+    retention is the writers'): small files merged, inlined rows written out, snapshots older than
+    ``keep_s`` seconds — and older than ``floor`` (a UTC timestamp: where the slowest reader of the
+    change feed stands) — expired, and the files only they referenced removed."""
 
     def counts() -> tuple[int, int]:
-        tables = [t for (t,) in con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [ALIAS]).fetchall()]  # fmt: skip
+        tables = con.execute(
+            "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ?", [ALIAS]).fetchall()  # fmt: skip
         files = sum(
-            int(con.execute("SELECT count(*) FROM ducklake_list_files(?, ?)", [ALIAS, t]).fetchone()[0]) for t in tables
+            int(con.execute("SELECT count(*) FROM ducklake_list_files(?, ?, schema => ?)", [ALIAS, t, s]).fetchone()[0])
+            for s, t in tables
         )
         return files, int(con.execute(f"SELECT count(*) FROM ducklake_snapshots('{ALIAS}')").fetchone()[0])
 
     files_before, snapshots_before = counts()
     older = f"now() - INTERVAL {int(keep_s)} SECOND"
+    if floor is not None:
+        older = f"least({older}, TIMESTAMPTZ '{_sql_string(floor)}+00')"
     for call in (
         f"CALL ducklake_flush_inlined_data('{ALIAS}')",
         f"CALL ducklake_merge_adjacent_files('{ALIAS}')",

@@ -29,7 +29,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -38,6 +38,7 @@ import pyarrow as pa
 from analytics.common.lake import ALIAS
 from analytics.write import persist, rows
 from analytics.write.schema import ANOMALY_TIME, CONVERGENCE, STATE_AT, migrate
+from processors.clock import Clock, WallClock
 from processors.correlate import LearnedKey, Routed, StepResult
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ FEED_SNAPSHOTS = 50
 #: compaction may expire what lies behind it
 IDLE_POSITION_EVERY = 1_000
 SHARED_LOOKUP_CHUNK = 1_000
+#: hand-offs younger than this before the slowest partition's position are never pruned
+PRUNE_MARGIN_S = 600
 
 
 class LayoutError(RuntimeError):
@@ -172,12 +175,15 @@ def prepare_with_retry(con: Any, partitions: int, attempts: int = 5) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Handoff:
-    """What an ingest node writes besides its own buffer, in the same transaction."""
+    """What an ingest node writes besides its own buffer, in the same transaction. ``handed_at``
+    and the shared keys' ``learned_at`` are wall-clock (``wall``): compaction prunes by them."""
 
     partitions: int
     node: str
+    wall: Clock = field(default_factory=WallClock)
 
-    def write(self, con: Any, result: StepResult, now_ns: int) -> None:
+    def write(self, con: Any, result: StepResult) -> None:
+        now_ns = self.wall.now_ns()
         if result.routed:
             persist.insert(con, f"{ALIAS}.main._handoff", self.table(result.routed, now_ns))
         if result.learned_keys:
@@ -241,6 +247,39 @@ def oldest_position(con: Any) -> int | None:
         f"SELECT coalesce(max(snapshot_id), 0) AS p FROM {ALIAS}.{partition_schema(i)}._feed" for i in range(partitions)
     )
     return int(con.execute(f"SELECT min(p) FROM ({union})").fetchone()[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    #: snapshots at or after this time (UTC) stay: the slowest partition still reads them
+    floor: str
+    handoff_rows: int
+    shared_keys: int
+
+
+def prune(con: Any, keep_s: int) -> Pruned | None:
+    """``coordstate lake maintain`` on a lake with roles (one process, the only deleter of these
+    tables): hand-offs every partition has folded, and shared keys, older than ``keep_s`` go.
+    Returns where snapshot expiry must stop (None: no layout for roles)."""
+    position = oldest_position(con)
+    if position is None:
+        return None
+    floor = con.execute(
+        f"SELECT strftime(min(snapshot_time) AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S.%f') "
+        f"FROM ducklake_snapshots('{ALIAS}') WHERE snapshot_id >= ?",
+        [position],
+    ).fetchone()[0]
+    # a row's handed_at is read before its commit: rows handed shortly before the floor may
+    # have committed after it, so a margin stays
+    cutoff = (
+        f"least(?::TIMESTAMP - INTERVAL {PRUNE_MARGIN_S} SECOND, "
+        f"(now() AT TIME ZONE 'UTC') - INTERVAL {int(keep_s)} SECOND)"
+    )
+    counts = []
+    for table, column in (("_handoff", "handed_at"), ("_shared_keys", "learned_at")):
+        done = con.execute(f"DELETE FROM {ALIAS}.main.{table} WHERE {column} < {cutoff}", [floor]).fetchone()
+        counts.append(int(done[0]) if done else 0)
+    return Pruned(str(floor), counts[0], counts[1])
 
 
 class Follower:

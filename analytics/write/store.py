@@ -500,7 +500,7 @@ class Store:
             con.execute("BEGIN")
             persist.write(con, tables)
             if self.handoff is not None:
-                self.handoff.write(con, result, now)
+                self.handoff.write(con, result)
             if position is not None:
                 shards.write_position(con, position, now)
             self.observer.write(con, changes, now)
