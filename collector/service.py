@@ -14,9 +14,9 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from analytics.common import lake as lakes
 from analytics.common.http import ListenError as HttpListenError
 from analytics.common.http import ThreadedServer
-from analytics.common import lake as lakes
 from analytics.common.lake import Lake, LakeError
 from analytics.common.telemetry import Telemetry
 from analytics.notify.actions import ActionRunner
@@ -301,9 +301,7 @@ class Service:
             targets.append(OtlpLogs(config.otlp_logs))
         backoff = config.delivery_backoff_s
         alerts = (
-            AlertDispatcher(store, targets, self.telemetry, resend_s=resend_s, backoff_s=backoff)
-            if targets
-            else None
+            AlertDispatcher(store, targets, self.telemetry, resend_s=resend_s, backoff_s=backoff) if targets else None
         )
         webhooks = any(a.webhook for wf in self.model.model.workflows for a in _all_actions(wf))
         if not webhooks:
@@ -377,7 +375,8 @@ class Service:
         self.warnings = self._exposure_warnings()
 
     def _prepare_lake(self) -> None:
-        assert self.lake is not None and self.config.partitions is not None
+        assert self.lake is not None
+        assert self.config.partitions is not None
         try:
             con = lakes.connect(self.lake)
         except LakeError as exc:

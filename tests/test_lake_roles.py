@@ -86,7 +86,8 @@ def node_of(span: ReadableSpan, route: dict[int, int]) -> int:
 def rows(store_cursor: duckdb.DuckDBPyConnection) -> dict[str, set[tuple[str, ...]]]:
     try:
         return {
-            name: {tuple(map(str, row)) for row in store_cursor.execute(sql).fetchall()} for name, sql in CONTRACT.items()
+            name: {tuple(map(str, row)) for row in store_cursor.execute(sql).fetchall()}
+            for name, sql in CONTRACT.items()
         }
     finally:
         store_cursor.close()
@@ -131,7 +132,9 @@ def test_two_ingest_and_two_fold_nodes_hold_what_one_process_holds(tmp_path: Pat
     clock = ManualClock(T0)
     data = tmp_path / "lake"
     ingest = [Service(lake_config(postgres, "roles", data, role="ingest", node=f"in{i}"), clock=clock) for i in (0, 1)]
-    fold = [Service(lake_config(postgres, "roles", data, role="fold", owns=owns), clock=clock) for owns in ((0, 2), (1, 3))]
+    fold = [
+        Service(lake_config(postgres, "roles", data, role="fold", owns=owns), clock=clock) for owns in ((0, 2), (1, 3))
+    ]
     for node in (*ingest, *fold):
         node.start()
     try:
@@ -150,7 +153,9 @@ def test_two_ingest_and_two_fold_nodes_hold_what_one_process_holds(tmp_path: Pat
         clock.set(end)
         settle(ingest, fold)
         got = rows(fold[0].store.cursor("main"))
-        handed = query_live(fold[0].store, "SELECT node, count(DISTINCT part) FROM lake.main._handoff GROUP BY ALL ORDER BY 1")
+        handed = query_live(
+            fold[0].store, "SELECT node, count(DISTINCT part) FROM lake.main._handoff GROUP BY ALL ORDER BY 1"
+        )
         owned = [query_live(node.store, "SELECT count(*) FROM instances")[0][0] for node in fold]
     finally:
         for node in (*fold, *ingest):
@@ -176,7 +181,9 @@ def test_a_node_whose_flags_do_not_fit_the_lake_is_a_clear_start_error(tmp_path:
     with Service(lake_config(postgres, "flags", data, role="fold", owns=(0, 1, 2, 3))):
         pass
     other = dataclasses.replace(lake_config(postgres, "flags", data, role="fold", owns=(0,)), partitions=8)
-    with pytest.raises(StartError, match="this lake has 4 key partitions, fixed when it was created; pass --partitions 4"):
+    with pytest.raises(
+        StartError, match="this lake has 4 key partitions, fixed when it was created; pass --partitions 4"
+    ):
         Service(other).start()
     postgres.create("single")
     single = dataclasses.replace(lake_config(postgres, "single", data / "single"), partitions=None)
@@ -248,13 +255,19 @@ def send_all(nodes: list[Node], requests: list[list[ReadableSpan]], *, kill: Nod
 
 def test_killed_ingest_and_fold_nodes_lose_nothing_acknowledged(tmp_path: Path, postgres: Postgres) -> None:
     # every order gets its order id (no fallback keys judged at a wall-clock watermark)
-    orders = Shop(Naming("3.x", renamed=True), seed=5, t0_ns=T0).orders(30, {"cartFailure": 0.2, "kafkaQueueProblems": 0.2})
+    orders = Shop(Naming("3.x", renamed=True), seed=5, t0_ns=T0).orders(
+        30, {"cartFailure": 0.2, "kafkaQueueProblems": 0.2}
+    )
     requests = [list(r.spans) for r in ordered(spans_of(orders))]
     expected = embedded(requests, tmp_path / "embedded.duckdb", T0 + 600 * SECOND)["transitions"]
     postgres.create("faults")
     data = tmp_path / "lake"
-    ingest = [Node(postgres, "faults", data, tmp_path / f"in{i}.log", "--role", "ingest", "--node", f"in{i}") for i in (0, 1)]
-    fold = [Node(postgres, "faults", data, tmp_path / f"fold{i}.log", "--role", "fold", "--owns", str(i)) for i in (0, 1)]
+    ingest = [
+        Node(postgres, "faults", data, tmp_path / f"in{i}.log", "--role", "ingest", "--node", f"in{i}") for i in (0, 1)
+    ]
+    fold = [
+        Node(postgres, "faults", data, tmp_path / f"fold{i}.log", "--role", "fold", "--owns", str(i)) for i in (0, 1)
+    ]
     con = duckdb.connect()
     try:
         for node in (*ingest, *fold):

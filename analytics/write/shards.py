@@ -117,9 +117,7 @@ def prepare(con: Any, partitions: int) -> None:
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {ALIAS}.{schema}")
         con.execute(f"USE {ALIAS}.{schema}")
         migrate(con)
-        con.execute(
-            "CREATE TABLE IF NOT EXISTS _feed (snapshot_id BIGINT NOT NULL, followed_at TIMESTAMP NOT NULL)"
-        )
+        con.execute("CREATE TABLE IF NOT EXISTS _feed (snapshot_id BIGINT NOT NULL, followed_at TIMESTAMP NOT NULL)")
     con.execute(f"USE {ALIAS}.main")
     con.execute("BEGIN")
     try:
@@ -143,9 +141,13 @@ def prepare(con: Any, partitions: int) -> None:
             """
         )
         for table in PUBLIC_TABLES:
-            union = " UNION ALL ".join(f"SELECT * FROM {ALIAS}.{partition_schema(i)}.{table}" for i in range(partitions))
+            union = " UNION ALL ".join(
+                f"SELECT * FROM {ALIAS}.{partition_schema(i)}.{table}" for i in range(partitions)
+            )
             con.execute(f"CREATE VIEW {table} AS {union}")
-        union = " UNION ALL ".join(f"SELECT * FROM {ALIAS}.{partition_schema(i)}.model_health" for i in range(partitions))
+        union = " UNION ALL ".join(
+            f"SELECT * FROM {ALIAS}.{partition_schema(i)}.model_health" for i in range(partitions)
+        )
         con.execute(
             "CREATE VIEW model_health AS SELECT workflow, step, sum(matched)::BIGINT AS matched, "
             "max(last_matched_at) AS last_matched_at, sum(instances_without_match)::INTEGER AS "
@@ -342,7 +344,9 @@ class Follower:
             f"ducklake_table_insertions('{ALIAS}', 'main', '_handoff', ?, ?) WHERE part = ?",
             [self.position + 1, upto, self.partition],
         ).fetchall()
-        items = [Routed(str(w), None if k is None else str(k), rows.span_from_payload(p), int(a)) for w, k, a, p in found]
+        items = [
+            Routed(str(w), None if k is None else str(k), rows.span_from_payload(p), int(a)) for w, k, a, p in found
+        ]
         if items or upto - self._stored >= IDLE_POSITION_EVERY:
             event_ns = max((it.span.end_ns for it in items), default=0)
             self.store.submit_routed(items, event_ns, upto).result()

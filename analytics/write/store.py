@@ -34,9 +34,8 @@ from typing import Any
 import duckdb
 
 from analytics.common import lake
-from analytics.write import shards
 from analytics.common.telemetry import Telemetry
-from analytics.write import persist, rows
+from analytics.write import persist, rows, shards
 from analytics.write.connection import CHECKPOINT_THRESHOLD, connect
 from analytics.write.messages import (
     CommitReceipt,
