@@ -130,6 +130,11 @@ def prometheus(snap: TelemetrySnapshot, instances_by_status: dict[str, int]) -> 
            [(f'{{workflow="{k.split("|")[0]}",step="{k.split("|")[1]}"}}', g[f"model_drift:{k}"]) for k in health])  # fmt: skip
     metric("step_transitions_total", "counter", "Transitions each step of the model produced.",
            [(f'{{workflow="{k.split("|")[0]}",step="{k.split("|")[1]}"}}', g[f"step_matches:{k}"]) for k in health])  # fmt: skip
+    metric("spans_handed_off_total", "counter", "Keyed spans an ingest node handed to the fold nodes (lake mode with roles).",
+           [("", c.get("spans_handed_off", 0))])  # fmt: skip
+    lag = sorted(int(k.split(":", 1)[1]) for k in g if k.startswith("handoff_lag_snapshots:"))
+    metric("handoff_lag_snapshots", "gauge", "Lake snapshots a fold node's partition is behind the lake's head.",
+           [(f'{{partition="{i}"}}', g[f"handoff_lag_snapshots:{i}"]) for i in lag])  # fmt: skip
     metric("instances", "gauge", "Workflow instances by status.",
            [(f'{{status="{s}"}}', instances_by_status.get(s, 0)) for s in STATUSES])  # fmt: skip
     return "\n".join(lines) + "\n"

@@ -284,6 +284,28 @@ def prune(con: Any, keep_s: int) -> Pruned | None:
     return Pruned(str(floor), counts[0], counts[1])
 
 
+def backlog(con: Any) -> int:
+    """Hand-off rows no fold node has folded yet (as far as the partitions' stored positions
+    tell; a partition's own commits move the head without handing anything to it)."""
+    partitions = layout(con)
+    if partitions is None:
+        return 0
+    head = current_snapshot(con)
+    total = 0
+    for i in range(partitions):
+        position = int(
+            con.execute(f"SELECT coalesce(max(snapshot_id), 0) FROM {ALIAS}.{partition_schema(i)}._feed").fetchone()[0]
+        )
+        if position < head:
+            total += int(
+                con.execute(
+                    f"SELECT count(*) FROM ducklake_table_insertions('{ALIAS}', 'main', '_handoff', ?, ?) WHERE part = ?",
+                    [position + 1, head, i],
+                ).fetchone()[0]
+            )
+    return total
+
+
 class Follower:
     """Feeds one partition's store from the change feed of ``_handoff`` (a thread of its own)."""
 
@@ -336,6 +358,7 @@ class Follower:
 
     def _follow_once(self) -> bool:
         head = current_snapshot(self._con)
+        self.store.telemetry.set(f"handoff_lag_snapshots:{self.partition}", max(0, head - self.position))
         if head <= self.position:
             return False
         upto = min(head, self.position + FEED_SNAPSHOTS)
