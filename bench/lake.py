@@ -2,6 +2,7 @@
 `coordstate serve` in each mode, in one run, on a throwaway PostgreSQL cluster (tests/pg.py).
 
     .venv/bin/python -m bench.lake [--seconds 10] [--half-load-seconds 30] [--clients 10]
+                                   [--seed-transitions N]   # both start on an aged database
 
 Prints, per mode: the maximum committed spans/s, p50/p99 export latency at half of the embedded
 maximum, the time a restart takes to answer again, the overview query's latency through the
@@ -19,8 +20,12 @@ from pathlib import Path
 
 import httpx
 
+from analytics.common.lake import Lake
+from analytics.common.lake import connect as lake_connect
+from analytics.write.schema import migrate
 from bench.alerts import measure, serve
-from bench.ingest import ROOT, build_request
+from bench.ingest import ROOT, build_request, seed_database
+from bench.queries import SEED
 from tests.pg import Postgres
 
 OVERVIEW = "SELECT workflow, status, count(*) FROM instances GROUP BY ALL ORDER BY ALL"
@@ -57,19 +62,40 @@ def start(model: Path, where: tuple[str, ...]) -> tuple[subprocess.Popen[str], s
     return serve(Path("unused-in-lake-mode.duckdb"), model, *where)
 
 
+def seed_lake(where: Lake, transitions: int) -> None:
+    """The lake as a node finds it after a day of traffic: the query benchmark's seed, written
+    through DuckLake (as bench/ingest.py seeds the embedded file)."""
+    started = time.perf_counter()
+    con = lake_connect(where)
+    try:
+        migrate(con)
+        con.execute(SEED.format(instances=transitions // 7))
+    finally:
+        con.close()
+    files = list(Path(where.data_path).rglob("*.parquet"))
+    size = sum(f.stat().st_size for f in files) / 2**20
+    print(f"seeded lake:                 {transitions:12,} transitions, {len(files):,} Parquet files, {size:,.0f} MiB "
+          f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--half-load-seconds", type=float, default=30.0)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--spans-per-request", type=int, default=1000)
+    parser.add_argument("--seed-transitions", type=int, default=0, help="start both on a database this old")
     args = parser.parse_args()
     payloads = [build_request(seed, args.spans_per_request) for seed in range(24)]
     pg = Postgres()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            embedded = run("embedded", args, payloads, None, "--db", str(Path(tmp) / "bench.duckdb"))
+            db = Path(tmp) / "bench.duckdb"
             data = Path(tmp) / "lake"
+            if args.seed_transitions:
+                seed_database(db, args.seed_transitions)
+                seed_lake(Lake(pg.catalog(), str(data)), args.seed_transitions)
+            embedded = run("embedded", args, payloads, None, "--db", str(db))
             lake = run("lake", args, payloads, embedded / 2, "--lake", pg.catalog(), "--lake-data", str(data))
             files = list(data.rglob("*.parquet"))
             size = sum(f.stat().st_size for f in files) / 2**20

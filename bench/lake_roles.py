@@ -118,14 +118,21 @@ def main() -> None:
                 ingest.terminate()  # type: ignore[attr-defined]
                 ingest.wait(timeout=120)  # type: ignore[attr-defined]
             alone.show("ingest node alone")
+            print(f"{'':34} {counts['commits']:,.0f} lake commits for {counts['spans_received']:,.0f} spans "
+                  f"({counts['spans_received'] / counts['commits']:,.0f} spans, "
+                  f"{counts['spans_handed_off'] / counts['commits']:,.0f} hand-offs per commit)")  # fmt: skip
             con = reader(where)
             handed = handed_off(con)
-            fold, _, _ = role(flags, "--role", "fold", "--owns", ",".join(map(str, range(PARTITIONS))))
+            fold, _, fold_api = role(flags, "--role", "fold", "--owns", ",".join(map(str, range(PARTITIONS))))
             try:
                 took = catch_up(con)
+                folds = int(
+                    re.search(r"^coordstate_commits_total (\S+)$", httpx.get(f"{fold_api}/metrics").text, re.M)[1]
+                )  # type: ignore[index]
                 print(f"{'fold node on the backlog':34} {handed / took:10,.0f} hand-offs/s folded "
                       f"({handed:,} in {took:.1f} s); {share:.1%} of the spans received are handed off, so "
-                      f"one fold node keeps up with {handed / took / share:,.0f} spans/s received")  # fmt: skip
+                      f"one fold node keeps up with {handed / took / share:,.0f} spans/s received; "
+                      f"{folds:,} commits ({folds / took:,.0f}/s over {PARTITIONS} partitions)")  # fmt: skip
                 ingest, endpoint, _ = role(flags, "--role", "ingest", "--node", "bench")
                 try:
                     both = measure(endpoint, args, payloads, None)
