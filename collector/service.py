@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import ipaddress
 import logging
+import re
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,9 +263,9 @@ class Service:
         if config.partitions is None or config.partitions < 1:
             raise StartError(f"--role {config.role} needs --partitions N: the lake's number of key partitions")
         if config.role == "ingest":
-            if not config.node or not config.node.replace("_", "").isalnum():
+            if not config.node or not re.fullmatch(r"[A-Za-z0-9_]{1,40}", config.node):
                 raise StartError(
-                    "--role ingest needs --node NAME (letters, digits, _): its key buffer is kept in the lake under "
+                    "--role ingest needs --node NAME (up to 40 letters, digits, _): its key buffer is kept in the lake under "
                     "that name, so a restarted node must keep it"
                 )
             if config.alertmanager or config.otlp_logs:
