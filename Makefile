@@ -53,6 +53,7 @@ bench: $(STAMP) alerting postgres
 	$(PY) -m bench.discover
 	$(PY) -m bench.alerts
 	$(PY) -m bench.lake
+	$(PY) -m bench.lake_roles
 
 # The reliability campaign at full counts (+ >= 10 minutes of fuzzing); prints the README table.
 soak: $(STAMP) browser
