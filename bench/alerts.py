@@ -65,6 +65,14 @@ def open_anomalies(api: str) -> int:
     return int(response.json()["rows"][0][0])
 
 
+def load_options(parser: argparse.ArgumentParser, half_load_s: float = 30.0, half_help: str | None = None) -> None:
+    """The options every benchmark that drives ``measure`` takes."""
+    parser.add_argument("--seconds", type=float, default=10.0, help="unpaced phase: the maximum rate")
+    parser.add_argument("--half-load-seconds", type=float, default=half_load_s, help=half_help or "paced phase")
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--spans-per-request", type=int, default=1000)
+
+
 def measure(endpoint: str, args: argparse.Namespace, payloads: list[bytes], rate: float | None) -> Figures:
     """Warm-up, the maximum rate (unpaced), then latency at ``rate`` (half the maximum if None)."""
     drive(endpoint, payloads, args.spans_per_request, args.clients, 2.0, None)
@@ -108,10 +116,7 @@ def phase(name: str, args: argparse.Namespace, payloads: list[bytes], rate: floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--half-load-seconds", type=float, default=60.0, help="how long Alertmanager stays away")
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--spans-per-request", type=int, default=1000)
+    load_options(parser, 60.0, "how long Alertmanager stays away")
     args = parser.parse_args()
     payloads = [build_request(seed, args.spans_per_request, DOUBLE_CHARGES) for seed in range(24)]
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,7 +23,7 @@ import httpx
 from analytics.common.lake import Lake
 from analytics.common.lake import connect as lake_connect
 from analytics.write.schema import migrate
-from bench.alerts import measure, serve
+from bench.alerts import load_options, measure, serve
 from bench.ingest import ROOT, build_request, seed_database
 from bench.queries import SEED
 from tests.pg import Postgres
@@ -80,10 +80,7 @@ def seed_lake(where: Lake, transitions: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--half-load-seconds", type=float, default=30.0)
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--spans-per-request", type=int, default=1000)
+    load_options(parser)
     parser.add_argument("--seed-transitions", type=int, default=0, help="start both on a database this old")
     args = parser.parse_args()
     payloads = [build_request(seed, args.spans_per_request) for seed in range(24)]

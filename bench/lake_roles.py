@@ -29,7 +29,7 @@ import httpx
 
 from analytics.common import lake as lakes
 from analytics.write import shards
-from bench.alerts import measure, serve
+from bench.alerts import load_options, measure, serve
 from bench.ingest import ROOT, build_request
 from tests.pg import Postgres
 
@@ -93,10 +93,7 @@ def commit_ceiling(where: lakes.Lake, rows: int, seconds: float = 10.0) -> float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--half-load-seconds", type=float, default=30.0)
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--spans-per-request", type=int, default=1000)
+    load_options(parser)
     args = parser.parse_args()
     payloads = [build_request(seed, args.spans_per_request) for seed in range(24)]
     pg = Postgres()

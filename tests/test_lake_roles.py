@@ -126,6 +126,15 @@ def settle(ingest: Sequence[Service], fold: Sequence[Service]) -> None:
             store.tick_now()
 
 
+def finish(ingest: Sequence[Service], fold: Sequence[Service], clock: ManualClock, end_ns: int) -> dict[str, set[tuple[str, ...]]]:  # fmt: skip
+    """Fold everything while the clock is where the embedded run had it, then judge at its end;
+    the contract's rows, read through a fold node's query cursor (the lake's views)."""
+    settle(ingest, fold)
+    clock.set(end_ns)
+    settle(ingest, fold)
+    return rows(fold[0].store.cursor("main"))
+
+
 def test_two_ingest_and_two_fold_nodes_hold_what_one_process_holds(tmp_path: Path, postgres: Postgres) -> None:
     requests = traffic(seed=11, count=60)
     end = T0 + 600 * SECOND
@@ -151,10 +160,7 @@ def test_two_ingest_and_two_fold_nodes_hold_what_one_process_holds(tmp_path: Pat
                     assert exporters[n].export(mine) == SpanExportResult.SUCCESS
         for exporter in exporters:
             exporter.shutdown()
-        settle(ingest, fold)  # everything folded while the clock is where the embedded run had it
-        clock.set(end)
-        settle(ingest, fold)
-        got = rows(fold[0].store.cursor("main"))
+        got = finish(ingest, fold, clock, end)
         handed = query_live(
             fold[0].store, "SELECT node, count(DISTINCT part) FROM lake.main._handoff GROUP BY ALL ORDER BY 1"
         )
@@ -331,10 +337,7 @@ def test_a_postgresql_restart_mid_stream_costs_retries_not_data(tmp_path: Path, 
             exporter = grpc_exporter(ingest.grpc_endpoint, timeout=30)
             assert exporter.export(spans) == SpanExportResult.SUCCESS
             exporter.shutdown()
-        settle([ingest], [fold])
-        clock.set(end)
-        settle([ingest], [fold])
-        got = rows(fold.store.cursor("main"))
+        got = finish([ingest], [fold], clock, end)
     finally:
         for node in (fold, ingest):
             node.stop()
@@ -371,10 +374,7 @@ def test_compaction_keeps_what_a_stopped_fold_node_has_not_folded(tmp_path: Path
         assert "hand-offs folded by every partition: 0 rows removed" in done.stdout  # 2 and 3 still read them
         late = Service(lake_config(postgres, "compact", data, role="fold", owns=(2, 3)), clock=clock)
         late.start()
-        settle([ingest], [early, late])
-        clock.set(end)
-        settle([ingest], [early, late])
-        got = rows(early.store.cursor("main"))
+        got = finish([ingest], [early, late], clock, end)
     finally:
         for node in (late, early, ingest):
             node.stop()
