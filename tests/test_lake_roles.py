@@ -50,6 +50,9 @@ CONTRACT = {
     "FROM anomalies WHERE resolved_at IS NULL",
     "anomalies": "SELECT anomaly_id, workflow, instance_key, kind, step, opened_at, resolved_at FROM anomalies",
     "spans": "SELECT workflow, instance_key, disposition, list_sort(steps), trace_id, span_id FROM spans",
+    "state_at": "SELECT * FROM state_at(TIMESTAMP '2025-10-09 08:54:00')",
+    # seconds_with_open_anomaly counts open anomalies up to now(): wall-clock
+    "convergence": "SELECT * EXCLUDE (seconds_with_open_anomaly) FROM convergence(INTERVAL 1 MINUTE)",
 }
 
 
@@ -173,6 +176,8 @@ def test_two_ingest_and_two_fold_nodes_hold_what_one_process_holds(tmp_path: Pat
     assert all(n > 0 for n in owned)  # the first partition of each fold node holds instances
     assert {row[2] for row in expected["instances"]} >= {"converged", "failed", "degraded"}
     assert any(row[3] == "duplicate_action" for row in expected["open anomalies"])
+    assert expected["state_at"]  # instances were live at that moment
+    assert expected["convergence"]
     for name in CONTRACT:
         assert got[name] == expected[name], name
 
@@ -375,8 +380,15 @@ def test_compaction_keeps_what_a_stopped_fold_node_has_not_folded(tmp_path: Path
         late = Service(lake_config(postgres, "compact", data, role="fold", owns=(2, 3)), clock=clock)
         late.start()
         got = finish([ingest], [early, late], clock, end)
+        listed = subprocess.run(
+            [COORDSTATE, "query", "--lake", postgres.catalog("compact"), "--lake-data", str(data), "--format", "csv",
+             "SELECT count(*) AS n FROM instances"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
     finally:
         for node in (late, early, ingest):
             node.stop()
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == ["n", str(len(expected["instances"]))]  # the CLI reads the views
     for name in CONTRACT:
         assert got[name] == expected[name], name
