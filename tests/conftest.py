@@ -11,6 +11,15 @@ import pytest
 from analytics.write.store import Store
 from collector.service import ServeConfig, Service
 from tests.helpers import ORDERS_MODEL
+from tests.pg import Postgres
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One throwaway PostgreSQL cluster for the lake tests (each test creates its own database)."""
+    pg = Postgres()
+    yield pg
+    pg.close()
 
 
 @pytest.fixture

@@ -84,3 +84,14 @@ def tr(step: str, state: str, at: float, span_id: str = "", trace: str = "t1") -
     return Transition(
         "order", "o-1", step, StepState(state), T0 + int(at * SECOND), trace, span_id or f"{step}-span", "svc", "span"
     )
+
+
+#: the coordination state as sets of rows, for comparing two stores (observed_at, detected_at and
+#: handed_at are wall-clock, and so is convergence's seconds_with_open_anomaly: left out)
+STATE_QUERIES = {
+    "transitions": "SELECT workflow, instance_key, step, state, event_time, trace_id, span_id, service, source FROM transitions",
+    "instances": "SELECT workflow, instance_key, status, map_entries(steps), started_at, updated_at, converged_at, "
+    "open_anomalies, list_sort(trace_ids) FROM instances",
+    "instance_history": "SELECT * FROM instance_history",
+    "convergence": "SELECT * EXCLUDE (seconds_with_open_anomaly) FROM convergence(INTERVAL 1 MINUTE)",
+}

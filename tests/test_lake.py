@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -37,23 +36,11 @@ T0 = 1_760_000_000 * SECOND
 DAY = 86_400 * SECOND
 #: the coordination state, as sets of rows (observed_at and detected_at are wall-clock)
 CONTRACT = {
-    "transitions": "SELECT workflow, instance_key, step, state, event_time, trace_id, span_id, service, source FROM transitions",
-    "instances": "SELECT workflow, instance_key, status, map_entries(steps), started_at, updated_at, converged_at, "
-    "open_anomalies, list_sort(trace_ids) FROM instances",
-    "instance_history": "SELECT * FROM instance_history",
+    **helpers.STATE_QUERIES,
     "anomalies": "SELECT anomaly_id, workflow, instance_key, kind, step, severity, opened_at, resolved_at, message, "
     "suggested_action FROM anomalies",
     "state_at": "SELECT * FROM state_at(TIMESTAMP '2025-10-09 08:53:50')",
-    # seconds_with_open_anomaly counts open anomalies up to now(): wall-clock
-    "convergence": "SELECT * EXCLUDE (seconds_with_open_anomaly) FROM convergence(INTERVAL 1 MINUTE)",
 }
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    pg = Postgres()
-    yield pg
-    pg.close()
 
 
 def drive(config: ServeConfig) -> dict[str, set[tuple[object, ...]]]:

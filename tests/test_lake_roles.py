@@ -10,7 +10,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
@@ -24,7 +24,7 @@ from analytics.common.lake import Lake
 from collector.service import ServeConfig, Service, StartError
 from processors.clock import ManualClock
 from tests.conftest import query_live
-from tests.helpers import ROOT
+from tests.helpers import ROOT, STATE_QUERIES
 from tests.otel_clients import grpc_exporter
 from tests.oteldemo import SECOND, Naming, Shop, ordered, spans_of
 from tests.pg import MISSING, Postgres
@@ -42,25 +42,13 @@ T0 = 1_760_000_000 * SECOND
 SHARES = {"paymentFailure": 0.15, "paymentUnreachable": 0.1, "cartFailure": 0.15, "kafkaQueueProblems": 0.15}
 #: the coordination state as sets of rows (observed_at, detected_at and handed_at are wall-clock)
 CONTRACT = {
-    "transitions": "SELECT workflow, instance_key, step, state, event_time, trace_id, span_id, service, source FROM transitions",
-    "instances": "SELECT workflow, instance_key, status, map_entries(steps), started_at, updated_at, converged_at, "
-    "open_anomalies, list_sort(trace_ids) FROM instances",
-    "instance_history": "SELECT * FROM instance_history",
+    **STATE_QUERIES,
     "open anomalies": "SELECT anomaly_id, workflow, instance_key, kind, step, severity, opened_at, message "
     "FROM anomalies WHERE resolved_at IS NULL",
     "anomalies": "SELECT anomaly_id, workflow, instance_key, kind, step, opened_at, resolved_at FROM anomalies",
     "spans": "SELECT workflow, instance_key, disposition, list_sort(steps), trace_id, span_id FROM spans",
     "state_at": "SELECT * FROM state_at(TIMESTAMP '2025-10-09 08:54:00')",
-    # seconds_with_open_anomaly counts open anomalies up to now(): wall-clock
-    "convergence": "SELECT * EXCLUDE (seconds_with_open_anomaly) FROM convergence(INTERVAL 1 MINUTE)",
 }
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    pg = Postgres()
-    yield pg
-    pg.close()
 
 
 def traffic(seed: int, count: int) -> list[list[ReadableSpan]]:
