@@ -297,6 +297,16 @@ def drive(
     return total / elapsed, [lat for r in results for lat in r[2]], sum(r[3] for r in results)
 
 
+def mark_folded(con: object) -> None:
+    """Say the seeded rows were folded by the benchmark's model, as a node that wrote them would
+    have: a restart trusts them (processors/fold.py FOLD_VERSION, analytics/write/persist.py)."""
+    from analytics.write.persist import write_folded
+    from analytics.write.store import fold_fingerprint
+    from collector.service import load_compiled
+
+    write_folded(con, fold_fingerprint(load_compiled(str(ROOT / "otel-config/models/orders.yaml"))), time.time_ns())
+
+
 def seed_database(db: Path, transitions: int) -> None:
     """A database as a server finds it after a day of traffic (the query benchmark's seed)."""
     from analytics.write.connection import connect
@@ -310,6 +320,7 @@ def seed_database(db: Path, transitions: int) -> None:
     try:
         migrate(con)
         con.execute(SEED.format(instances=transitions // 7))
+        mark_folded(con)
         con.execute("CHECKPOINT")
     finally:
         con.close()

@@ -56,7 +56,8 @@ SELECT 'order', instance_key, status,
        started_at, started_at + to_milliseconds(took_ms),
        CASE WHEN status IN ('converged', 'compensated') THEN started_at + to_milliseconds(took_ms) END,
        CASE WHEN status IN ('diverged', 'stalled') THEN 1 ELSE 0 END,
-       [lpad(to_hex(hash(n)), 32, '0')]
+       [lpad(to_hex(hash(n)), 32, '0')],
+       NULL  -- next_due_at: every deadline of the day already judged
 FROM seed_instances ORDER BY started_at;
 
 INSERT INTO instance_history

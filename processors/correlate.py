@@ -180,16 +180,21 @@ class Processor:
     # -- the hot path ---------------------------------------------------------------------
     def process(self, spans: Sequence[SpanRecord], now_ns: int) -> StepResult:
         out = StepResult()
-        matched: list[tuple[SpanRecord, list[Candidate], dict[str, str]]] = []
+        seen: list[tuple[SpanRecord, list[Candidate], dict[str, str]]] = []
         for span in spans:
-            cands = self.model.candidates(span)
             own: dict[str, str] = {}  # workflow → the key this span carries itself
             for name, corr in self._wf.items():
                 key = self.model.key_of(corr.wf, span)
                 if key is not None:
                     own[name] = key
-                    if corr.learn(span.trace_id, key, out):
-                        self._release_trace(corr, span.trace_id, now_ns, out)
+            seen.append((span, self.model.candidates(span), own))
+        self.table.prefetch(self._instances_of(seen))
+        matched: list[tuple[SpanRecord, list[Candidate], dict[str, str]]] = []
+        for span, cands, own in seen:
+            for name, key in own.items():
+                corr = self._wf[name]
+                if corr.learn(span.trace_id, key, out):
+                    self._release_trace(corr, span.trace_id, now_ns, out)
             if cands:
                 matched.append((span, cands, own))
             elif not own:
@@ -211,6 +216,7 @@ class Processor:
         """Spans whose key an ingest node settled: placed as :meth:`process` places a keyed span
         (start buffer, transitions, the instance table); no key is looked for here."""
         out = StepResult()
+        self.table.prefetch((i.workflow, i.key) for i in items if i.key is not None)
         for item in items:
             if item.workflow not in self._wf:
                 continue
@@ -234,6 +240,18 @@ class Processor:
         return out
 
     # -- internals ----------------------------------------------------------------------
+    def _instances_of(self, seen: list[tuple[SpanRecord, list[Candidate], dict[str, str]]]) -> set[InstanceId]:
+        """The instances a batch will likely touch: every key a span carries, and the key a
+        matched span inherits through its trace or links (brought into memory in one read)."""
+        out: set[InstanceId] = set()
+        for span, cands, own in seen:
+            out.update(own.items())
+            for workflow in {c.workflow for c in cands} - own.keys():
+                key = self._wf[workflow].inherited(span)
+                if key is not None:
+                    out.add((workflow, key))
+        return out
+
     def _place(self, p: PendingSpan, now_ns: int, out: StepResult, cands: list[Candidate] | None = None) -> None:
         corr = self._wf[p.workflow]
         if p.key is None:

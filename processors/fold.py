@@ -30,6 +30,10 @@ from typing import NamedTuple
 from processors.model import WorkflowSpec
 from processors.types import COHERENT_STATUSES, STATE_RANK, InstanceStatus, StepState, Transition
 
+#: bump when a change here or in processors/rules.py can change what a stored instance row says:
+#: the next start-up then folds every live instance again instead of trusting the stored rows
+FOLD_VERSION = 1
+
 
 class Evidence(NamedTuple):
     trace_id: str

@@ -94,4 +94,5 @@ STATE_QUERIES = {
     "open_anomalies, list_sort(trace_ids) FROM instances",
     "instance_history": "SELECT * FROM instance_history",
     "convergence": "SELECT * EXCLUDE (seconds_with_open_anomaly) FROM convergence(INTERVAL 1 MINUTE)",
+    "instance_counts": "SELECT * FROM instance_counts",
 }

@@ -63,8 +63,11 @@ def test_a_decoder_that_dies_costs_a_retry_not_a_span(pooled: Service, db_path: 
     assert export_until_accepted(pooled.grpc_endpoint, "order-before") == 0
     victims = pooled.decoders.worker_pids()
     os.kill(victims[0], signal.SIGKILL)
-    export_until_accepted(pooled.grpc_endpoint, "order-after")
-    assert export_until_accepted(pooled.grpc_endpoint, "order-later") == 0
+    # the pool notices the death on its own thread: a request may still finish on the survivor
+    # before it does, so the retry falls on this export or the next one (seen under load)
+    retries = export_until_accepted(pooled.grpc_endpoint, "order-after")
+    retries += export_until_accepted(pooled.grpc_endpoint, "order-later")
+    assert retries <= 2
     survivors = pooled.decoders.worker_pids()  # a new pool, started on demand
     assert survivors
     assert victims[0] not in survivors

@@ -28,7 +28,7 @@ TABLES = {
     "spans": rows.spans_table([], 0),
     "_trace_keys": rows.trace_keys_table([], 0),
     "_pending": rows.pending_table([]),
-    "instances": rows.instances_table([], {}),
+    "instances": rows.instances_table([], {}, {}),
     "instance_history": rows.history_table([]),
 }
 

@@ -56,23 +56,16 @@ def literal(value: str | int | float | datetime | None) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def status_counts(column: str = "status") -> str:
-    """``count(*) FILTER (...) AS <status>`` for every status, then the convergence rate (the share
-    of coherent ends: converged, failed cleanly, compensated)."""
-    counts = [f"count(*) FILTER (WHERE {column} = '{s}') AS {s}" for s in STATUSES]
-    coherent = ", ".join(f"'{s}'" for s in COHERENT)
-    rate = f"round(count(*) FILTER (WHERE {column} IN ({coherent})) / count(*), 4) AS convergence_rate"
-    return ",\n       ".join([*counts, rate])
-
-
-OVERVIEW_STATUS = f"""
-SELECT workflow,
-       count(*) AS instances,
-       {status_counts()}
-FROM instances
-GROUP BY workflow
-ORDER BY workflow
-"""
+#: from ``instance_counts`` (the writers' status deltas, summed): as ``status_counts()`` over
+#: ``instances``, without reading every instance row
+OVERVIEW_STATUS = (
+    "SELECT workflow, sum(instances)::BIGINT AS instances, "
+    + ", ".join(f"coalesce(sum(instances) FILTER (WHERE status = '{s}'), 0)::BIGINT AS {s}" for s in STATUSES)
+    + ", round(coalesce(sum(instances) FILTER (WHERE status IN ("
+    + ", ".join(f"'{s}'" for s in COHERENT)
+    + ")), 0) / sum(instances), 4) AS convergence_rate "
+    "FROM instance_counts GROUP BY workflow ORDER BY workflow"
+)
 
 OVERVIEW_ANOMALIES = """
 SELECT workflow, kind, severity, count(*) AS open_anomalies, min(opened_at) AS oldest

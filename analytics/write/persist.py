@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from analytics.write import rows
 from processors.correlate import LearnedKey, PendingSpan, StepResult
@@ -77,6 +79,7 @@ class Tables:
     since: str  # the oldest start among them (lets DuckDB skip older row groups)
     instances: Any
     history: Any
+    status_counts: Any
 
 
 def tables(
@@ -85,6 +88,8 @@ def tables(
     buffered: list[PendingSpan],
     states: list[InstanceState],
     open_counts: dict[InstanceId, int],
+    next_due: dict[InstanceId, int | None],
+    status_delta: dict[tuple[str, str], int],
     now: int,
 ) -> Tables:
     """The history a processing step adds, the buffers it changed and the instances it re-folded."""
@@ -98,8 +103,9 @@ def tables(
         pending=rows.pending_table(buffered),
         instance_keys=rows.instance_keys_table((s.workflow, s.key) for s in stored) if stored else None,
         since=rows.timestamp_literal(min(s.started_at_ns for s in stored)) if stored else "",
-        instances=rows.instances_table(states, open_counts),
+        instances=rows.instances_table(states, open_counts, next_due),
         history=rows.history_table(states),
+        status_counts=rows.status_counts_table(status_delta),
     )
 
 
@@ -129,18 +135,46 @@ def write(con: Any, t: Tables) -> None:
             con.unregister("_batch")
     insert(con, "instances", t.instances)
     insert(con, "instance_history", t.history)
+    insert(con, "_status_counts", t.status_counts)
+
+
+def status_counts_rows(con: Any) -> int:
+    return int(con.execute("SELECT count(*) FROM _status_counts").fetchone()[0])
+
+
+def sum_status_counts(con: Any) -> None:
+    """One row per workflow and status instead of every delta (inside the caller's transaction)."""
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _summed AS SELECT workflow, status, sum(instances)::BIGINT AS instances "
+        "FROM _status_counts GROUP BY ALL HAVING sum(instances) <> 0"
+    )
+    con.execute("DELETE FROM _status_counts")
+    con.execute("INSERT INTO _status_counts SELECT * FROM _summed")
+    con.execute("DROP TABLE _summed")
+
+
+def stored_statuses(con: Any, instances: Sequence[InstanceId]) -> dict[InstanceId, str]:
+    con.register("_wanted", rows.instance_keys_table(instances))
+    try:
+        found = con.execute(
+            "SELECT workflow, instance_key, status FROM instances SEMI JOIN _wanted USING (workflow, instance_key)"
+        ).fetchall()
+    finally:
+        con.unregister("_wanted")
+    return {(str(w), str(k)): str(s) for w, k, s in found}
 
 
 #: a finished instance last updated before the parameter (retention, eviction at start-up)
 _QUIET = f"status IN ({', '.join(repr(s.value) for s in sorted(TERMINAL_STATUSES))}) AND updated_at < ?::TIMESTAMP"
 
 
-def expired_instances(con: Any, cutoff: str, limit: int) -> list[InstanceId]:
+def expired_instances(con: Any, cutoff: str, limit: int) -> dict[InstanceId, str]:
+    """Finished instances quiet since before ``cutoff``, with their status."""
     found = con.execute(
-        f"SELECT workflow, instance_key FROM instances WHERE {_QUIET} LIMIT ?",
+        f"SELECT workflow, instance_key, status FROM instances WHERE {_QUIET} LIMIT ?",
         [cutoff, limit],
     ).fetchall()
-    return [(str(w), str(k)) for w, k in found]
+    return {(str(w), str(k)): str(s) for w, k, s in found}
 
 
 def delete_history(con: Any, instances: list[InstanceId], cutoff: str) -> None:
@@ -157,9 +191,22 @@ def delete_history(con: Any, instances: list[InstanceId], cutoff: str) -> None:
     con.unregister("_expired")
 
 
-def load_instance(con: Any, model: CompiledModel, instance: InstanceId) -> list[Transition]:
-    """One instance's transitions (an evicted instance coming back)."""
-    return _transitions(con, model, "WHERE t.workflow = ? AND t.instance_key = ?", list(instance))
+def load_instances(
+    con: Any, model: CompiledModel, instances: Sequence[InstanceId]
+) -> dict[InstanceId, list[Transition]]:
+    """These instances' transitions, in one read (instances coming back into memory)."""
+    if len(instances) == 1:
+        found = _transitions(con, model, "WHERE t.workflow = ? AND t.instance_key = ?", list(instances[0]))
+    else:
+        con.register("_wanted", rows.instance_keys_table(instances))
+        try:
+            found = _transitions(con, model, "SEMI JOIN _wanted k USING (workflow, instance_key)", [])
+        finally:
+            con.unregister("_wanted")
+    out: dict[InstanceId, list[Transition]] = {}
+    for tr in found:
+        out.setdefault((tr.workflow, tr.instance_key), []).append(tr)
+    return out
 
 
 def _transitions(con: Any, model: CompiledModel, tail: str, params: list[str]) -> list[Transition]:
@@ -178,35 +225,47 @@ def _transitions(con: Any, model: CompiledModel, tail: str, params: list[str]) -
     ]
 
 
+#: the 64-bit id hash processors.state.StoredIds keeps (DuckDB's own: fast, and the same for
+#: the stored ids and the ids asked about, which this process hashes with the same library)
+ID_HASH = "hash(workflow, instance_key)"
+
+
+def stored_hashes(con: Any, where: str, params: list[str]) -> np.ndarray:
+    found = con.execute(f"SELECT {ID_HASH} AS h FROM instances {where}", params).fetchnumpy()
+    return np.asarray(found["h"], dtype=np.uint64)
+
+
+def hash_ids(con: Any, instances: Sequence[InstanceId]) -> np.ndarray:
+    con.register("_ids", rows.instance_keys_table(instances, keep_order=True))
+    try:
+        found = con.execute(f"SELECT {ID_HASH} AS h FROM _ids").fetchnumpy()
+    finally:
+        con.unregister("_ids")
+    return np.asarray(found["h"], dtype=np.uint64)
+
+
 @dataclass(frozen=True, slots=True)
 class Restored:
+    #: transitions of the instances rebuilt in memory (none when the stored rows are trusted)
     transitions: list[Transition]
-    #: finished instances quiet since before the cutoff: kept as ids only (reloaded on demand)
-    evicted: list[InstanceId]
+    #: id hashes of the stored instances not among them (processors.state.StoredIds)
+    stored_hashes: np.ndarray
     keys: list[LearnedKey]
     pending: list[PendingSpan]
-    #: (status, number of history rows) as stored, per instance
-    stored: dict[InstanceId, tuple[str, int]]
+    #: (status, number of history rows, next due in ns or None) as stored, per instance in memory
+    stored: dict[InstanceId, tuple[str, int, int | None]]
+    #: (workflow, key, next due ns) of every stored instance with a time still to be judged
+    due: list[tuple[str, str, int]]
 
 
-def load(con: Any, model: CompiledModel, quiet_before: str) -> Restored:
-    """Everything the in-memory state is rebuilt from at start-up (and after a failed commit)."""
-    evicted = [
-        (str(w), str(k))
-        for w, k in con.execute(
-            f"SELECT workflow, instance_key FROM instances WHERE {_QUIET}", [quiet_before]
-        ).fetchall()
-    ]
-    # an anti join against the quiet instances, not NOT EXISTS: DuckDB decorrelates that into a
-    # join that first materialises every selected column of the whole table (10M transitions:
-    # 2.8 GB at the peak instead of 0.96 GB, 3.5 s instead of 2.3 s; same rows)
-    transitions = _transitions(
-        con,
-        model,
-        f"ANTI JOIN (SELECT workflow, instance_key FROM instances WHERE {_QUIET}) q "
-        "ON q.workflow = t.workflow AND q.instance_key = t.instance_key",
-        [quiet_before],
-    )
+def load(con: Any, model: CompiledModel, quiet_before: str, *, trusted: bool) -> Restored:
+    """Everything the in-memory state is rebuilt from at start-up (and after a failed commit).
+
+    ``trusted``: the stored instance rows were folded by this model and this fold (the
+    ``_folded`` fingerprint matches) — nothing is folded again: every instance stays in the
+    database until a transition arrives for it or its ``next_due_at`` falls. Otherwise every
+    instance not finished and quiet is read back and folded anew (an upgrade, a changed model).
+    """
     keys = [
         LearnedKey(*r)
         for r in con.execute(
@@ -220,16 +279,47 @@ def load(con: Any, model: CompiledModel, quiet_before: str) -> Restored:
             "SELECT workflow, instance_key, arrived_ns, payload FROM _pending ORDER BY arrived_ns"
         ).fetchall()
     ]
-    stored = {  # only of the instances loaded into memory: the quiet ones are ids, nothing more
-        (r[0], r[1]): (str(r[2]), int(r[3]))
+    if trusted:
+        due = [
+            (str(w), str(k), int(t))
+            for w, k, t in con.execute(
+                "SELECT workflow, instance_key, epoch_ns(next_due_at) FROM instances WHERE next_due_at IS NOT NULL"
+            ).fetchall()
+        ]
+        return Restored([], stored_hashes(con, "", []), keys, pending, {}, due)
+    # an anti join against the quiet instances, not NOT EXISTS: DuckDB decorrelates that into a
+    # join that first materialises every selected column of the whole table (10M transitions:
+    # 2.8 GB at the peak instead of 0.96 GB, 3.5 s instead of 2.3 s; same rows)
+    transitions = _transitions(
+        con,
+        model,
+        f"ANTI JOIN (SELECT workflow, instance_key FROM instances WHERE {_QUIET}) q "
+        "ON q.workflow = t.workflow AND q.instance_key = t.instance_key",
+        [quiet_before],
+    )
+    stored = {  # only of the instances loaded into memory: the quiet ones are hashes, nothing more
+        (r[0], r[1]): (str(r[2]), int(r[3]), None if r[4] is None else int(r[4]))
         for r in con.execute(
-            "SELECT i.workflow, i.instance_key, i.status, count(h.status) "
+            "SELECT i.workflow, i.instance_key, i.status, count(h.status), epoch_ns(any_value(i.next_due_at)) "
             f"FROM (SELECT * FROM instances WHERE ({_QUIET}) IS NOT TRUE) i "
-            "LEFT JOIN instance_history h USING (workflow, instance_key) GROUP BY ALL",
+            "LEFT JOIN instance_history h USING (workflow, instance_key) GROUP BY i.workflow, i.instance_key, i.status",
             [quiet_before],
         ).fetchall()
     }
-    return Restored(transitions, evicted, keys, pending, stored)
+    hashes = stored_hashes(con, f"WHERE {_QUIET}", [quiet_before])
+    return Restored(transitions, hashes, keys, pending, stored, [])
+
+
+def folded_by(con: Any) -> str:
+    """The fingerprint of the model and fold that wrote every stored instance row ('' if unknown)."""
+    found = con.execute("SELECT fingerprint FROM _folded ORDER BY written_at DESC LIMIT 1").fetchall()
+    return str(found[0][0]) if found else ""
+
+
+def write_folded(con: Any, fingerprint: str, now_ns: int) -> None:
+    """Every stored instance row is now this fold's (inside the caller's transaction)."""
+    con.execute("DELETE FROM _folded")
+    con.execute("INSERT INTO _folded VALUES (?, ?::TIMESTAMP)", [fingerprint, rows.timestamp_literal(now_ns)])
 
 
 def write_health(con: Any, findings: list[StepHealth], now_ns: int) -> None:

@@ -32,6 +32,10 @@ def _us(ns: int | None) -> int | None:
     return None if ns is None else ns // 1000
 
 
+def _us_up(ns: int | None) -> int | None:
+    return None if ns is None else -(-ns // 1000)
+
+
 def transitions_table(rows: Sequence[Transition], observed_ns: int) -> pa.Table:
     return pa.table(
         {
@@ -49,7 +53,11 @@ def transitions_table(rows: Sequence[Transition], observed_ns: int) -> pa.Table:
     )
 
 
-def instances_table(states: Sequence[InstanceState], open_anomalies: dict[tuple[str, str], int]) -> pa.Table:
+def instances_table(
+    states: Sequence[InstanceState],
+    open_anomalies: dict[tuple[str, str], int],
+    next_due: dict[tuple[str, str], int | None],
+) -> pa.Table:
     return pa.table(
         {
             "workflow": pa.array([s.workflow for s in states], pa.string()),
@@ -64,6 +72,19 @@ def instances_table(states: Sequence[InstanceState], open_anomalies: dict[tuple[
             "converged_at": pa.array([_us(s.converged_at_ns) for s in states], TS_US),
             "open_anomalies": pa.array([open_anomalies.get((s.workflow, s.key), 0) for s in states], pa.int32()),
             "trace_ids": pa.array([list(s.trace_ids) for s in states], pa.list_(pa.string())),
+            # rounded up to the column's microseconds: never due before the time itself
+            "next_due_at": pa.array([_us_up(next_due.get((s.workflow, s.key))) for s in states], TS_US),
+        }
+    )
+
+
+def status_counts_table(delta: dict[tuple[str, str], int]) -> pa.Table:
+    kept = sorted((k, n) for k, n in delta.items() if n)
+    return pa.table(
+        {
+            "workflow": pa.array([w for (w, _), _ in kept], pa.string()),
+            "status": pa.array([s for (_, s), _ in kept], pa.string()),
+            "instances": pa.array([n for _, n in kept], pa.int64()),
         }
     )
 
@@ -92,8 +113,8 @@ def history_table(states: Sequence[InstanceState]) -> pa.Table:
     )
 
 
-def instance_keys_table(instances: Iterable[tuple[str, str]]) -> pa.Table:
-    pairs = sorted(instances)
+def instance_keys_table(instances: Iterable[tuple[str, str]], *, keep_order: bool = False) -> pa.Table:
+    pairs = list(instances) if keep_order else sorted(instances)
     return pa.table(
         {
             "workflow": pa.array([w for w, _ in pairs], pa.string()),

@@ -64,6 +64,16 @@ CONVERGENCE = """
             ORDER BY window_start, workflow;
 """
 
+#: instances per workflow and status, summed from the writers' deltas (the Overview reads this
+#: instead of grouping every instance row); ``{source}``: ``_status_counts`` or a union of them
+INSTANCE_COUNTS = """
+        CREATE VIEW instance_counts AS
+            SELECT workflow, status, sum(instances)::BIGINT AS instances
+            FROM {source}
+            GROUP BY workflow, status
+            HAVING sum(instances) <> 0;
+"""
+
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (
         1,
@@ -90,7 +100,8 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             updated_at     TIMESTAMP NOT NULL,
             converged_at   TIMESTAMP,
             open_anomalies INTEGER NOT NULL DEFAULT 0,
-            trace_ids      VARCHAR[] NOT NULL
+            trace_ids      VARCHAR[] NOT NULL,
+            next_due_at    TIMESTAMP          -- since migration 6 (a new database has it from here)
         );
         CREATE TABLE instance_history (
             workflow      VARCHAR NOT NULL,
@@ -251,6 +262,36 @@ MIGRATIONS += (
             attempted_at  TIMESTAMP NOT NULL
         );
         """,
+    ),
+)
+
+MIGRATIONS += (
+    (
+        6,
+        "restart without a fold: next due time, fold fingerprint",
+        """
+        -- the event time at which the instance is next judged with no new span (a deadline, a
+        -- grace period); NULL: nothing left to judge. A restart schedules these and folds nothing.
+        -- A database created since has it from migration 1: in a lake, an ALTERed table's older
+        -- inlined rows vanished under a serving reader when `lake maintain` flushed them
+        -- (seen with the DuckLake extension for DuckDB 1.5.5; tests/test_lake.py)
+        ALTER TABLE instances ADD COLUMN IF NOT EXISTS next_due_at TIMESTAMP;
+        -- the model and fold that wrote every instance row; when it differs at start-up (an
+        -- upgrade, a changed model), live instances are folded anew and it is rewritten
+        CREATE TABLE _folded (
+            fingerprint VARCHAR NOT NULL,
+            written_at  TIMESTAMP NOT NULL
+        );
+        -- +1/-1 per instance entering/leaving a status, appended in the transaction that changes
+        -- it; the writer sums the rows up now and then (analytics/write/store.py)
+        CREATE TABLE _status_counts (
+            workflow  VARCHAR NOT NULL,
+            status    VARCHAR NOT NULL,
+            instances BIGINT NOT NULL
+        );
+        INSERT INTO _status_counts SELECT workflow, status, count(*) FROM instances GROUP BY ALL;
+        """
+        + INSTANCE_COUNTS.format(source="_status_counts"),
     ),
 )
 

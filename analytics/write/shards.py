@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from analytics.common.lake import ALIAS
 from analytics.write import persist, rows
-from analytics.write.schema import ANOMALY_TIME, CONVERGENCE, STATE_AT, migrate
+from analytics.write.schema import ANOMALY_TIME, CONVERGENCE, INSTANCE_COUNTS, STATE_AT, migrate
 from processors.clock import Clock, WallClock
 from processors.correlate import LearnedKey, Routed, StepResult
 
@@ -111,6 +111,17 @@ def prepare(con: Any, partitions: int) -> None:
                 f"--partitions {partitions}: this lake has {existing} key partitions, fixed when it was created; "
                 f"pass --partitions {existing}"
             )
+        found = con.execute(
+            "SELECT 1 FROM duckdb_views() WHERE database_name = ? AND schema_name = 'main' "
+            "AND view_name = 'instance_counts'",
+            [ALIAS],
+        ).fetchall()
+        if not found:  # laid out by an older coordstate: its partitions migrated first
+            for i in range(partitions):
+                con.execute(f"USE {ALIAS}.{partition_schema(i)}")
+                migrate(con)
+            con.execute(f"USE {ALIAS}.main")
+            con.execute(_instance_counts(partitions))
         return
     for i in range(partitions):
         schema = partition_schema(i)
@@ -154,7 +165,7 @@ def prepare(con: Any, partitions: int) -> None:
             "instances_without_match, bool_or(drifting) AS drifting, max(hint) AS hint, max(updated_at) AS updated_at "
             f"FROM ({union}) GROUP BY workflow, step"
         )
-        con.execute(STATE_AT + ANOMALY_TIME + CONVERGENCE)
+        con.execute(STATE_AT + ANOMALY_TIME + CONVERGENCE + _instance_counts(partitions))
         con.execute("CREATE TABLE _layout (partitions INTEGER NOT NULL, created_at TIMESTAMP NOT NULL)")
         con.execute("INSERT INTO _layout VALUES (?, now()::TIMESTAMP)", [partitions])
         con.execute("COMMIT")
@@ -162,6 +173,11 @@ def prepare(con: Any, partitions: int) -> None:
         with contextlib.suppress(duckdb.Error):
             con.execute("ROLLBACK")
         raise
+
+
+def _instance_counts(partitions: int) -> str:
+    union = " UNION ALL ".join(f"SELECT * FROM {ALIAS}.{partition_schema(i)}._status_counts" for i in range(partitions))
+    return INSTANCE_COUNTS.format(source=f"({union})")
 
 
 def prepare_with_retry(con: Any, partitions: int, attempts: int = 5) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import heapq
 import logging
 import queue
@@ -54,7 +55,7 @@ from analytics.write.observer import Changes, Observer
 from analytics.write.schema import migrate
 from processors.clock import Clock
 from processors.correlate import KeyRouter, Processor, Routed, StepResult
-from processors.fold import InstanceState
+from processors.fold import FOLD_VERSION, InstanceState
 from processors.health import DEFAULT_THRESHOLD, ModelHealth
 from processors.matching import CompiledModel
 from processors.rules import due_times
@@ -75,6 +76,8 @@ HEALTH_REFRESH_NS = 10 * 1_000_000_000
 DUE_CHUNK = 2_000
 #: a finished instance quiet this long leaves memory (reloaded if a late span arrives)
 EVICT_AFTER_NS = 10 * 60 * 1_000_000_000
+#: ``_status_counts`` rows summed into one per workflow and status past this many
+SUM_COUNTS_AFTER = 2_000
 #: beyond this many instances in memory, finished ones leave sooner, the longest-finished first
 #: (~2 KB each: at 70k spans/s, ten quiet minutes would be ~2M instances)
 MAX_LOADED_INSTANCES = 200_000
@@ -86,6 +89,12 @@ RECORD_TABLES = ("alert_deliveries", "action_deliveries")
 # second Store here from becoming a second writer: this registry does.
 _OPEN_PATHS: set[str] = set()
 _OPEN_LOCK = threading.Lock()
+
+
+def fold_fingerprint(model: CompiledModel) -> str:
+    """Names the model and the fold that wrote an instance row (``_folded``)."""
+    text = f"{FOLD_VERSION}|{model.model.model_dump_json()}"
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
 
 
 class Store:
@@ -142,6 +151,14 @@ class Store:
         self._quiet: collections.deque[tuple[int, InstanceId]] = collections.deque()
         self._timers: list[tuple[int, str, str]] = []
         self._last: dict[InstanceId, tuple[str, int]] = {}
+        #: ``_folded``: the stored instance rows were written by this model and fold
+        self.fingerprint = fold_fingerprint(model)
+        #: instances a start-up fold found different from their stored row, not yet rewritten;
+        #: the fingerprint is written once none is left
+        self._unsettled: set[InstanceId] = set()
+        self._settling = False
+        #: rows in ``_status_counts`` (summed past SUM_COUNTS_AFTER)
+        self._count_rows = 0
         self._real_path = ""
         #: the in-memory state could not be rebuilt from the database: refuse work until it can
         self._stale = False
@@ -450,6 +467,8 @@ class Store:
             self.telemetry.add_dropped(result.dropped)  # type: ignore[arg-type]
             self.telemetry.add("transitions_written", len(result.transitions))
         self._write_health(now)
+        self._settle(now)
+        self._sum_counts()
 
     def _lookup_links(self, now: int) -> StepResult:
         """An ingest node: keys of linked traces that reached another ingest node (the lake's
@@ -487,13 +506,23 @@ class Store:
     # -- persistence --------------------------------------------------------------------
     def _persist(self, result: StepResult, due: set[InstanceId], now: int, position: int | None = None) -> bool:
         table = self._processor.table
+        table.prefetch(due - result.touched)  # one read for every due instance not in memory
         states = [table.state(i, now) for i in sorted(result.touched)]
         for inst in sorted(due - result.touched):
             if inst in table:  # a deadline or grace timer fell due: status or anomalies may change
                 states.append(table.state(inst, now))
         delete, buffered = self._processor.pending_delta(result)
         changes = self.observer.plan(states, now) if states else Changes([], [], {})
-        tables = persist.tables(result, delete, buffered, states, changes.counts, now)
+        upcoming = {(s.workflow, s.key): self._upcoming(s, now) for s in states}
+        next_due = {i: (min(times) if times else None) for i, times in upcoming.items()}
+        moved: collections.Counter[tuple[str, str]] = collections.Counter()
+        for s in states:
+            before = self._last.get((s.workflow, s.key))  # every stored instance has one (see _load_instances)
+            if before is None or before[0] != s.status.value:
+                moved[(s.workflow, s.status.value)] += 1
+                if before is not None:
+                    moved[(s.workflow, before[0])] -= 1
+        tables = persist.tables(result, delete, buffered, states, changes.counts, next_due, moved, now)
         con = self._con
         try:
             con.execute("BEGIN")
@@ -517,12 +546,18 @@ class Store:
         )
         for state in states:
             inst = (state.workflow, state.key)
-            if self._last.get(inst, ("",))[0] != state.status.value:
+            before = self._last.get(inst)
+            # an instance read back from the database has no status in memory: not counted again
+            if (before[0] if before else "") != state.status.value and (before or inst in result.created):
                 self.telemetry.add(f"status_entered:{state.status.value}")
             self._last[inst] = (state.status.value, len(state.history))
-            self._schedule(state, now)
+            for t in upcoming[inst]:
+                heapq.heappush(self._timers, (t, state.workflow, state.key))
             if state.status in TERMINAL_STATUSES:
                 self._quiet.append((now, inst))
+        if self._unsettled:
+            self._unsettled.difference_update(upcoming)
+        self._count_rows += tables.status_counts.num_rows
         return True
 
     def _notify(self, changes: Changes) -> None:
@@ -534,10 +569,17 @@ class Store:
                 except Exception:  # a listener's bug must not cost the writer
                     log.exception("an anomaly listener failed")
 
-    def _schedule(self, state: InstanceState, now: int) -> None:
-        for t in due_times(self.model.workflows[state.workflow], state):
-            if t > now:
-                heapq.heappush(self._timers, (t, state.workflow, state.key))
+    def _upcoming(self, state: InstanceState, now: int) -> list[int]:
+        """The instance's due times still ahead of ``now`` (each one schedules a re-fold)."""
+        return [t for t in due_times(self.model.workflows[state.workflow], state) if t > now]
+
+    def _settle(self, now: int) -> None:
+        """After a start-up fold: once every instance it changed is rewritten, the stored rows are
+        this fold's — the next start-up trusts them and folds nothing."""
+        if self._settling and not self._unsettled:
+            write = lambda: persist.write_folded(self._con, self.fingerprint, now)  # noqa: E731
+            if persist.in_transaction(self._con, "recording the fold's fingerprint", write):
+                self._settling = False
 
     # -- retention ----------------------------------------------------------------------------
     def _retain(self, now: int) -> None:
@@ -549,12 +591,22 @@ class Store:
         if not expired:
             return
         started = time.perf_counter()
-        if not persist.in_transaction(con, "retention", lambda: persist.delete_history(con, expired, cutoff)):
+        leaving: collections.Counter[tuple[str, str]] = collections.Counter()
+        for (w, _), s in expired.items():
+            leaving[(w, s)] -= 1
+
+        def delete() -> None:
+            persist.delete_history(con, list(expired), cutoff)
+            persist.insert(con, "_status_counts", rows.status_counts_table(leaving))
+
+        if not persist.in_transaction(con, "retention", delete):
             return
+        self._count_rows += len(leaving)
         gone: list[tuple[str, int]] = []
+        self._processor.table.forget(list(expired))
         for inst in expired:
-            self._processor.table.forget(inst)
             self._last.pop(inst, None)
+            self._unsettled.discard(inst)
             gone += [(aid, now) for aid in self.observer.forget(inst)]
         self._notify(Changes([], gone, {}))  # an alert about deleted history ends with it
         self.telemetry.add("instances_expired", len(expired))
@@ -576,6 +628,8 @@ class Store:
         self._quiet.clear()
         self._timers.clear()
         self._last.clear()
+        self._unsettled.clear()
+        self._settling = False
         try:
             self._restore()
         except Exception as exc:  # keep serving (retryable) errors until it can be read again
@@ -597,10 +651,29 @@ class Store:
 
     def _new_processor(self) -> Processor:
         kind = KeyRouter if self.handoff is not None else Processor
-        return kind(self.model, InstanceTable(self.model.workflows, loader=self._load_instance))
+        table = InstanceTable(self.model.workflows, loader=self._load_instances, hasher=self._hash_ids)
+        return kind(self.model, table)
 
-    def _load_instance(self, instance: InstanceId) -> list[Transition]:
-        return persist.load_instance(self._con, self.model, instance)
+    def _hash_ids(self, instances: Sequence[InstanceId]) -> Any:
+        """processors.state.Hasher: DuckDB's hash, as persist.load hashed the stored ids."""
+        return persist.hash_ids(self._con, instances)
+
+    def _load_instances(self, instances: Sequence[InstanceId]) -> dict[InstanceId, list[Transition]]:
+        """Read instances back into memory, with the status their stored row says (the status
+        counts move from it when the instance is written again)."""
+        self.telemetry.add("instances_read_back", len(instances))
+        found = persist.load_instances(self._con, self.model, instances)
+        if found:
+            for inst, status in persist.stored_statuses(self._con, list(found)).items():
+                self._last[inst] = (status, -1)  # -1: the history rows were not counted
+        return found
+
+    def _sum_counts(self) -> None:
+        """Keep ``_status_counts`` short: its deltas summed once they pile up."""
+        if self._count_rows >= SUM_COUNTS_AFTER and persist.in_transaction(
+            self._con, "summing status counts", lambda: persist.sum_status_counts(self._con)
+        ):
+            self._count_rows = persist.status_counts_rows(self._con)
 
     def _evict_quiet(self, now: int) -> None:
         """Finished instances quiet for EVICT_AFTER_NS leave memory (their id stays); sooner, the
@@ -614,21 +687,39 @@ class Store:
         self.telemetry.set("instances_in_memory", table.loaded)
 
     def _restore(self) -> None:
+        """Rebuild memory from the database. When the stored rows were written by this model and
+        fold, nothing is folded: each instance's next due time is scheduled and its transitions
+        are read back when it falls or a span for it arrives. Otherwise every live instance is
+        folded now and those whose row differs are rewritten over the next ticks."""
         now = self.clock.now_ns()
-        restored = persist.load(self._con, self.model, rows.timestamp_literal(now - EVICT_AFTER_NS))
+        trusted = persist.folded_by(self._con) == self.fingerprint
+        restored = persist.load(self._con, self.model, rows.timestamp_literal(now - EVICT_AFTER_NS), trusted=trusted)
         table = self._processor.table
-        table.restore(restored.transitions, restored.evicted)
+        table.restore(restored.transitions, restored.stored_hashes)
         self._processor.restore(restored.keys, restored.pending)
         self.observer.restore(self._con)
         self.health = ModelHealth(self.model.workflows, self.drift_threshold)
         self.health.restore(persist.load_health(self._con))
+        for t, wf, key in sorted((t, wf, key) for wf, key, t in restored.due):
+            self._timers.append((t, wf, key))  # sorted: already a heap
+        heapq.heapify(self._timers)
         for inst in table:
             state = table.state(inst, now)
-            self._last[inst] = restored.stored.get(inst, ("", 0))
-            self._schedule(state, now)
-            if self._last[inst] != (state.status.value, len(state.history)):
+            status, history, stored_due = restored.stored.get(inst, ("", 0, None))
+            if status:
+                self._last[inst] = (status, history)
+            upcoming = self._upcoming(state, now)
+            for t in upcoming:
+                heapq.heappush(self._timers, (t, state.workflow, state.key))
+            due = -(-min(upcoming) // 1000) * 1000 if upcoming else None  # as stored: microseconds
+            if (status, history, stored_due) != (state.status.value, len(state.history), due):
                 heapq.heappush(self._timers, (now, state.workflow, state.key))
+                self._unsettled.add(inst)
             if state.status in TERMINAL_STATUSES:  # finished before the restart: may leave memory
                 self._quiet.append((now, inst))
+        self._settling = not trusted
+        self._settle(now)
+        self._count_rows = persist.status_counts_rows(self._con)
+        self.telemetry.set("restored_without_fold", 1 if trusted else 0)
         self.telemetry.set("instances_restored", len(table))
         self.telemetry.set("pending_spans", self._processor.pending_count)

@@ -171,7 +171,7 @@ def sandbox_db(tmp_path_factory: pytest.TempPathFactory) -> duckdb.DuckDBPyConne
     con = duckdb.connect(str(tmp_path_factory.mktemp("sql") / "s.duckdb"))
     migrate(con)
     con.execute(
-        "INSERT INTO instances VALUES ('order', 'o-1', 'converged', MAP {}, now()::TIMESTAMP, now()::TIMESTAMP, NULL, 0, [])"
+        "INSERT INTO instances VALUES ('order', 'o-1', 'converged', MAP {}, now()::TIMESTAMP, now()::TIMESTAMP, NULL, 0, [], NULL)"
     )
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
