@@ -138,6 +138,9 @@ class Store:
         self._queue: queue.Queue[Message] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._con: Any = None
+        #: an in-memory DuckDB for id hashes: the same hash() as the stored ones, without a
+        #: statement on the database (in a lake, each one starts a catalog transaction)
+        self._hash_con: Any = None
         self._reader_parent: Any = None
         self._catalog = ""
         self._schema = "main"
@@ -247,6 +250,9 @@ class Store:
         if self._con is not None:
             self._con.close()
             self._con = None
+        if self._hash_con is not None:
+            self._hash_con.close()
+            self._hash_con = None
         self._release_path()
 
     def _release_path(self) -> None:
@@ -396,11 +402,14 @@ class Store:
         result = StepResult()
         position = max((req.position for req in batch if req.position is not None), default=None)
         try:
+            # every request's spans in one step: one read-back query and one id hash per batch
+            # (arrival order within it changes nothing: DESIGN §4)
+            spans = [span for req in batch if req.routed is None for span in req.records]
+            if spans:
+                result.merge(self._processor.process(spans, now))
             for req in batch:
                 if req.routed is not None:
                     result.merge(self._processor.process_routed(req.routed, now))
-                else:
-                    result.merge(self._processor.process(req.records, now))
         except Exception:  # a bug must cost one batch (retryable), never the writer thread
             log.exception("processing a batch failed; rebuilding state from the database")
             self.telemetry.add("commit_failures")
@@ -656,7 +665,9 @@ class Store:
 
     def _hash_ids(self, instances: Sequence[InstanceId]) -> Any:
         """processors.state.Hasher: DuckDB's hash, as persist.load hashed the stored ids."""
-        return persist.hash_ids(self._con, instances)
+        if self._hash_con is None:
+            self._hash_con = duckdb.connect()
+        return persist.hash_ids(self._hash_con, instances)
 
     def _load_instances(self, instances: Sequence[InstanceId]) -> dict[InstanceId, list[Transition]]:
         """Read instances back into memory, with the status their stored row says (the status
