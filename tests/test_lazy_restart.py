@@ -79,7 +79,9 @@ def open_gauges(store: Store) -> dict[str, int]:
 def open_rows(store: Store) -> dict[str, int]:
     cur = store.cursor()
     try:
-        return dict(cur.execute("SELECT kind, count(*) FROM anomalies WHERE resolved_at IS NULL GROUP BY kind").fetchall())
+        return dict(
+            cur.execute("SELECT kind, count(*) FROM anomalies WHERE resolved_at IS NULL GROUP BY kind").fetchall()
+        )
     finally:
         cur.close()
 
