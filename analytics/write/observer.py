@@ -153,10 +153,14 @@ class Observer:
                 "detected_at": pa.array([now_ns // 1000] * len(opened), pa.timestamp("us")),
             }
         )
+        # the id is a hash of (instance, kind, step, since): a stored twin has the same opened_at,
+        # so row groups (files, in a lake) that end before the oldest one here are never read
+        oldest = min(f.since_ns for _, f, _ in opened) // 1000
         con.register("_batch_anomalies", table)
         con.execute(
-            "INSERT INTO anomalies BY NAME SELECT * FROM _batch_anomalies "
-            "WHERE anomaly_id NOT IN (SELECT anomaly_id FROM anomalies)"
+            "INSERT INTO anomalies BY NAME SELECT * FROM _batch_anomalies b WHERE NOT EXISTS (SELECT 1 FROM "
+            "anomalies a WHERE a.opened_at >= make_timestamp(?) AND a.anomaly_id = b.anomaly_id)",
+            [oldest],
         )
         con.unregister("_batch_anomalies")
 
