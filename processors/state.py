@@ -76,12 +76,14 @@ class StoredIds:
             self._added.add(instance)
         self._merge_if_large()
 
-    def remove(self, instances: Sequence[InstanceId]) -> None:
-        """These are in memory now, or gone from the database."""
-        for instance, held in zip(instances, self.holds(instances), strict=True):
+    def remove(self, instances: Sequence[InstanceId], *, held: bool = False) -> None:
+        """These are in memory now, or gone from the database; ``held``: all of them were held
+        (just read back), so none needs hashing to find out."""
+        known = [True] * len(instances) if held else self.holds(instances)
+        for instance, held_now in zip(instances, known, strict=True):
             if instance in self._added:
                 self._added.discard(instance)
-            elif held:
+            elif held_now:
                 self._removed.add(instance)
         self._merge_if_large()
 
@@ -205,5 +207,5 @@ class InstanceTable:
                 if seen is None or tr < seen:
                     bucket[tr.evidence] = tr
         back = [i for i in wanted if i in self._transitions]
-        self.stored.remove(back)
+        self.stored.remove(back, held=True)
         return len(back)

@@ -160,6 +160,32 @@ def test_a_changed_model_is_folded_again_once(tmp_path: Path) -> None:
         store.close()
 
 
+def test_a_fold_that_finds_every_row_as_stored_rewrites_none(tmp_path: Path) -> None:
+    """An upgrade (no fingerprint) folds live instances; rows equal to the fold, next due time
+    included, are not rewritten and the fingerprint is written at once."""
+    db = tmp_path / "upgrade.duckdb"
+    clock = ManualClock(T0 + 2 * SECOND)
+    model = compiled_orders()
+    store = Store(db, model, clock, tick_interval_s=None)
+    store.open()
+    try:  # o-1 waits for its payment (a due time); o-2 converged (none)
+        store.submit([span(1, "checkout", "PlaceOrder", 0, 1, attrs={"app.order.id": "o-1"})]).result(timeout=30)
+        store.submit(order_spans(2, "o-2")).result(timeout=30)
+    finally:
+        store.close()
+    with duckdb.connect(str(db)) as con:
+        con.execute("DELETE FROM _folded")
+    store = Store(db, model, clock, tick_interval_s=None)
+    store.open()
+    try:
+        assert store.telemetry.snapshot().gauges["restored_without_fold"] == 0
+        assert store._processor.table.loaded == 2
+        assert store._unsettled == set()
+    finally:
+        store.close()
+    assert query(db, "SELECT fingerprint FROM _folded") == [(fold_fingerprint(model),)]
+
+
 def test_stored_ids_answer_through_evictions_read_backs_and_merges(monkeypatch: pytest.MonkeyPatch) -> None:
     ids = [("order", f"o-{i}") for i in range(50)] + [("order", "ünïcode ключ"), ("w", "")]
     con = duckdb.connect()

@@ -252,7 +252,7 @@ class Restored:
     stored_hashes: np.ndarray
     keys: list[LearnedKey]
     pending: list[PendingSpan]
-    #: (status, number of history rows, next due in ns or None) as stored, per instance in memory
+    #: (status, number of history rows, next due in µs or None) as stored, per instance in memory
     stored: dict[InstanceId, tuple[str, int, int | None]]
     #: (workflow, key, next due ns) of every stored instance with a time still to be judged
     due: list[tuple[str, str, int]]
@@ -300,7 +300,7 @@ def load(con: Any, model: CompiledModel, quiet_before: str, *, trusted: bool) ->
     stored = {  # only of the instances loaded into memory: the quiet ones are hashes, nothing more
         (r[0], r[1]): (str(r[2]), int(r[3]), None if r[4] is None else int(r[4]))
         for r in con.execute(
-            "SELECT i.workflow, i.instance_key, i.status, count(h.status), epoch_ns(any_value(i.next_due_at)) "
+            "SELECT i.workflow, i.instance_key, i.status, count(h.status), epoch_us(any_value(i.next_due_at)) "
             f"FROM (SELECT * FROM instances WHERE ({_QUIET}) IS NOT TRUE) i "
             "LEFT JOIN instance_history h USING (workflow, instance_key) GROUP BY i.workflow, i.instance_key, i.status",
             [quiet_before],

@@ -32,7 +32,9 @@ def _us(ns: int | None) -> int | None:
     return None if ns is None else ns // 1000
 
 
-def _us_up(ns: int | None) -> int | None:
+def us_up(ns: int | None) -> int | None:
+    """Nanoseconds as the microseconds a TIMESTAMP column stores, rounded up (a due time is
+    never stored earlier than it falls)."""
     return None if ns is None else -(-ns // 1000)
 
 
@@ -73,7 +75,7 @@ def instances_table(
             "open_anomalies": pa.array([open_anomalies.get((s.workflow, s.key), 0) for s in states], pa.int32()),
             "trace_ids": pa.array([list(s.trace_ids) for s in states], pa.list_(pa.string())),
             # rounded up to the column's microseconds: never due before the time itself
-            "next_due_at": pa.array([_us_up(next_due.get((s.workflow, s.key))) for s in states], TS_US),
+            "next_due_at": pa.array([us_up(next_due.get((s.workflow, s.key))) for s in states], TS_US),
         }
     )
 

@@ -711,8 +711,7 @@ class Store:
         self.observer.restore(self._con)
         self.health = ModelHealth(self.model.workflows, self.drift_threshold)
         self.health.restore(persist.load_health(self._con))
-        for t, wf, key in sorted((t, wf, key) for wf, key, t in restored.due):
-            self._timers.append((t, wf, key))  # sorted: already a heap
+        self._timers.extend((t, wf, key) for wf, key, t in restored.due)
         heapq.heapify(self._timers)
         for inst in table:
             state = table.state(inst, now)
@@ -722,7 +721,7 @@ class Store:
             upcoming = self._upcoming(state, now)
             for t in upcoming:
                 heapq.heappush(self._timers, (t, state.workflow, state.key))
-            due = -(-min(upcoming) // 1000) * 1000 if upcoming else None  # as stored: microseconds
+            due = rows.us_up(min(upcoming, default=None))  # as stored: microseconds
             if (status, history, stored_due) != (state.status.value, len(state.history), due):
                 heapq.heappush(self._timers, (now, state.workflow, state.key))
                 self._unsettled.add(inst)
