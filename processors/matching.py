@@ -152,3 +152,15 @@ class CompiledModel:
                 if value is not None and value != "":
                     return str(value)
         return None
+
+    @staticmethod
+    def stored_key_of(workflow: WorkflowSpec, attributes: Mapping[str, str]) -> str | None:
+        """The key a span stored in ``spans`` gives back: its ``attributes`` column (resource
+        attributes overlaid by the span's). Not always :meth:`key_of`'s answer (an earlier key
+        attribute set only on the resource wins here); the store relies on it only where the
+        two agree (analytics/write/persist.py ``split_learned``)."""
+        for name in workflow.key.attributes:
+            value = attributes.get(name)
+            if value:
+                return value
+        return None

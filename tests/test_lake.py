@@ -110,6 +110,43 @@ def test_a_restarted_lake_node_carries_on_where_it_stopped(tmp_path: Path, postg
     assert out.stdout.splitlines() == ["instance_key,status", "o-slow,converged"]
 
 
+def test_status_counts_and_trace_keys_a_lake_commit_leaves_for_later_survive_a_rebuild(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """A lake store writes status deltas, and the trace keys its spans rows keep, at most every
+    SIDE_ROWS_EVERY_S; state rebuilt before they are written (after a failed commit here, as at
+    a start-up after a crash) counts the statuses anew and reads the keys back from the spans."""
+    postgres.create("side")
+    where = Lake(postgres.catalog("side"), str(tmp_path / "lake"))
+    store = Store(tmp_path / "unused.duckdb", helpers.compiled_orders(), ManualClock(helpers.T0),
+                  tick_interval_s=None, lake_at=where)  # fmt: skip
+    store.open()
+    try:
+        root, charge, reserve, ship = helpers.order_spans(1, "o-1")  # the key only on the root
+        store.submit([root, charge]).result(timeout=60)
+        side = "SELECT (SELECT count(*) FROM _trace_keys), (SELECT count(*) FROM _status_counts)"
+        assert query_live(store, side) == [(0, 0)]  # not written with the commit
+
+        def disk_full() -> None:
+            raise OSError("No space left on device")
+
+        store.fault = disk_full
+        with pytest.raises(store_module.StoreUnavailable):
+            store.submit(helpers.order_spans(2, "o-2")).result(timeout=60)
+        store.fault = None  # the failed commit rebuilt the state from the lake
+        assert query_live(store, "SELECT * FROM instance_counts") == [("order", "running", 1)]
+        store.submit([reserve, ship]).result(timeout=60)  # no key of their own: the trace's
+        store.tick_now()
+        steps = query_live(store, "SELECT DISTINCT instance_key, step FROM transitions ORDER BY ALL")
+        keys = query_live(store, "SELECT workflow, trace_id, instance_key FROM _trace_keys")
+        counts = query_live(store, "SELECT workflow, status, instances FROM instance_counts")
+    finally:
+        store.close()
+    assert steps == [("o-1", s) for s in ("checkout", "inventory", "payment", "shipment")]
+    assert keys == [("order", helpers.trace_id(1), "o-1")]
+    assert counts == [("order", "converged", 1)]
+
+
 def test_a_lake_that_cannot_be_reached_is_a_clear_start_error(tmp_path: Path, postgres: Postgres) -> None:
     cfg = config(lake=postgres.catalog("no_such_database"), lake_data=str(tmp_path / "lake"))
     with pytest.raises(StartError) as err:

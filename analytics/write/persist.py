@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -91,14 +91,16 @@ def tables(
     next_due: dict[InstanceId, int | None],
     status_delta: dict[tuple[str, str], int],
     now: int,
+    learned: Sequence[LearnedKey] | None = None,
 ) -> Tables:
-    """The history a processing step adds, the buffers it changed and the instances it re-folded."""
+    """The history a processing step adds, the buffers it changed and the instances it re-folded.
+    ``learned``: the trace keys to write (default: the step's own)."""
     # rows to replace: only instances stored before (new ones have none — skip two table scans)
     stored = [s for s in states if (s.workflow, s.key) not in result.created]
     return Tables(
         transitions=rows.transitions_table(result.transitions, now),
         spans=rows.spans_table(result.spans, now),
-        trace_keys=rows.trace_keys_table(result.learned_keys, now),
+        trace_keys=rows.trace_keys_table(result.learned_keys if learned is None else learned, now),
         pending_delete=rows.pending_idents_table(delete) if delete else None,
         pending=rows.pending_table(buffered),
         instance_keys=rows.instance_keys_table((s.workflow, s.key) for s in stored) if stored else None,
@@ -136,6 +138,62 @@ def write(con: Any, t: Tables) -> None:
     insert(con, "instances", t.instances)
     insert(con, "instance_history", t.history)
     insert(con, "_status_counts", t.status_counts)
+
+
+def recount_statuses(con: Any) -> None:
+    """``_status_counts`` anew from the instance rows (inside the caller's transaction): a lake
+    store writes its deltas at most every SIDE_ROWS_EVERY_S, and a crash loses the last ones."""
+    con.execute("DELETE FROM _status_counts")
+    con.execute("INSERT INTO _status_counts SELECT workflow, status, count(*) FROM instances GROUP BY ALL")
+
+
+def split_learned(model: CompiledModel, result: StepResult) -> tuple[list[LearnedKey], list[LearnedKey]]:
+    """The step's learned trace keys as (kept by its ``spans`` rows, only in ``_trace_keys``).
+
+    A key is kept by the spans rows when the step stores a span of that trace whose
+    ``attributes`` give that key and no other (``recover_keys`` reads it back at a restart):
+    such a key may reach ``_trace_keys`` later; any other must go in with this commit."""
+    if not result.learned_keys:
+        return [], []
+    traces = {k.trace_id for k in result.learned_keys}
+    given: dict[tuple[str, str], set[str]] = {}
+    for m in result.spans:
+        if m.span.trace_id in traces:
+            attributes = rows.stored_attributes(m.span)
+            for wf in model.workflows.values():
+                key = model.stored_key_of(wf, attributes)
+                if key is not None:
+                    given.setdefault((wf.name, m.span.trace_id), set()).add(key)
+    kept: list[LearnedKey] = []
+    only: list[LearnedKey] = []
+    for k in result.learned_keys:
+        (kept if given.get((k.workflow, k.trace_id)) == {k.instance_key} else only).append(k)
+    return kept, only
+
+
+def recover_keys(con: Any, model: CompiledModel, known: set[tuple[str, str]], limit: int) -> list[LearnedKey]:
+    """Trace keys learned after the newest row of ``_trace_keys``, from the spans rows stored
+    since (see ``split_learned``), newest first; the first key of a trace wins, as when it was
+    learned, and a trace in ``known`` keeps its key."""
+    names = sorted({name for wf in model.workflows.values() for name in wf.key.attributes})
+    if not names:
+        return []
+    found = con.execute(
+        "SELECT trace_id, attributes FROM (SELECT trace_id, attributes, observed_at FROM spans "
+        "WHERE observed_at >= coalesce((SELECT max(learned_at) FROM _trace_keys), '-infinity'::TIMESTAMP) "
+        "AND list_has_any(map_keys(attributes), ?) ORDER BY observed_at DESC LIMIT ?) ORDER BY observed_at",
+        [names, limit],
+    ).fetchall()
+    out: list[LearnedKey] = []
+    seen = set(known)
+    for trace_id, attributes in found:
+        for wf in model.workflows.values():
+            key = model.stored_key_of(wf, attributes)
+            if key is not None and (wf.name, trace_id) not in seen:
+                seen.add((wf.name, trace_id))
+                out.append(LearnedKey(wf.name, str(trace_id), key))
+    out.reverse()
+    return out
 
 
 def status_counts_rows(con: Any) -> int:
@@ -256,15 +314,19 @@ class Restored:
     stored: dict[InstanceId, tuple[str, int, int | None]]
     #: (workflow, key, next due ns) of every stored instance with a time still to be judged
     due: list[tuple[str, str, int]]
+    #: those of ``keys`` read back from ``spans``, not yet in ``_trace_keys`` (``recover``)
+    recovered: list[LearnedKey] = field(default_factory=list)
 
 
-def load(con: Any, model: CompiledModel, quiet_before: str, *, trusted: bool) -> Restored:
+def load(con: Any, model: CompiledModel, quiet_before: str, *, trusted: bool, recover: bool = False) -> Restored:
     """Everything the in-memory state is rebuilt from at start-up (and after a failed commit).
 
     ``trusted``: the stored instance rows were folded by this model and this fold (the
     ``_folded`` fingerprint matches) — nothing is folded again: every instance stays in the
     database until a transition arrives for it or its ``next_due_at`` falls. Otherwise every
     instance not finished and quiet is read back and folded anew (an upgrade, a changed model).
+    ``recover``: trace keys not yet in ``_trace_keys`` are read back from ``spans`` (a lake store
+    writes the keys its spans rows keep at most every SIDE_ROWS_EVERY_S).
     """
     keys = [
         LearnedKey(*r)
@@ -273,6 +335,10 @@ def load(con: Any, model: CompiledModel, quiet_before: str, *, trusted: bool) ->
             [RESTORE_TRACE_KEYS],
         ).fetchall()
     ]
+    recovered = (
+        recover_keys(con, model, {(k.workflow, k.trace_id) for k in keys}, RESTORE_TRACE_KEYS) if recover else []
+    )
+    keys = recovered + keys
     pending = [
         PendingSpan(r[0], rows.span_from_payload(r[3]), r[2], r[1])
         for r in con.execute(
@@ -286,7 +352,7 @@ def load(con: Any, model: CompiledModel, quiet_before: str, *, trusted: bool) ->
                 "SELECT workflow, instance_key, epoch_ns(next_due_at) FROM instances WHERE next_due_at IS NOT NULL"
             ).fetchall()
         ]
-        return Restored([], stored_hashes(con, "", []), keys, pending, {}, due)
+        return Restored([], stored_hashes(con, "", []), keys, pending, {}, due, recovered)
     # an anti join against the quiet instances, not NOT EXISTS: DuckDB decorrelates that into a
     # join that first materialises every selected column of the whole table (10M transitions:
     # 2.8 GB at the peak instead of 0.96 GB, 3.5 s instead of 2.3 s; same rows)
@@ -307,7 +373,7 @@ def load(con: Any, model: CompiledModel, quiet_before: str, *, trusted: bool) ->
         ).fetchall()
     }
     hashes = stored_hashes(con, f"WHERE {_QUIET}", [quiet_before])
-    return Restored(transitions, hashes, keys, pending, stored, [])
+    return Restored(transitions, hashes, keys, pending, stored, [], recovered)
 
 
 def folded_by(con: Any) -> str:

@@ -140,13 +140,15 @@ def spans_table(rows: Sequence[MatchedSpan], observed_ns: int) -> pa.Table:
             "start_time": pa.array([m.span.start_ns for m in rows], TS_NS),
             "end_time": pa.array([m.span.end_ns for m in rows], TS_NS),
             "status": pa.array([m.span.status for m in rows], pa.string()),
-            "attributes": pa.array(
-                [[(k, str(v)) for k, v in {**m.span.resource_attributes, **m.span.attributes}.items()] for m in rows],
-                STR_MAP,
-            ),
+            "attributes": pa.array([list(stored_attributes(m.span).items()) for m in rows], STR_MAP),
             "observed_at": pa.array([observed_ns // 1000] * len(rows), TS_US),
         }
     )
+
+
+def stored_attributes(span: SpanRecord) -> dict[str, str]:
+    """A span's ``attributes`` column in ``spans``: resource attributes overlaid by the span's."""
+    return {k: str(v) for k, v in {**span.resource_attributes, **span.attributes}.items()}
 
 
 def pending_table(rows: Sequence[PendingSpan]) -> pa.Table:

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ from analytics.write.messages import (
 from analytics.write.observer import Changes, Observer
 from analytics.write.schema import migrate
 from processors.clock import Clock
-from processors.correlate import KeyRouter, Processor, Routed, StepResult
+from processors.correlate import KeyRouter, LearnedKey, Processor, Routed, StepResult
 from processors.fold import FOLD_VERSION, InstanceState
 from processors.health import DEFAULT_THRESHOLD, ModelHealth
 from processors.matching import CompiledModel
@@ -78,6 +79,12 @@ DUE_CHUNK = 2_000
 EVICT_AFTER_NS = 10 * 60 * 1_000_000_000
 #: ``_status_counts`` rows summed into one per workflow and status past this many
 SUM_COUNTS_AFTER = 2_000
+#: a lake store writes its status count deltas, and the trace keys its ``spans`` rows keep
+#: (persist.split_learned), at most this often instead of with every commit: each table a
+#: DuckLake commit touches costs it a Parquet file and the catalog's statistics (~8 ms of ~60 at
+#: 16k spans/s). A crash loses nothing: a start-up counts the statuses anew from the instance
+#: rows and reads the keys back from the spans rows (persist.recount_statuses, recover_keys)
+SIDE_ROWS_EVERY_S = 2.0
 #: beyond this many instances in memory, finished ones leave sooner, the longest-finished first
 #: (~2 KB each: at 70k spans/s, ten quiet minutes would be ~2M instances)
 MAX_LOADED_INSTANCES = 200_000
@@ -95,6 +102,19 @@ def fold_fingerprint(model: CompiledModel) -> str:
     """Names the model and the fold that wrote an instance row (``_folded``)."""
     text = f"{FOLD_VERSION}|{model.model.model_dump_json()}"
     return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+
+@dataclass(slots=True)
+class SideRows:
+    """What a lake store committed but has not yet written to ``_status_counts`` and ``_trace_keys``."""
+
+    counts: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    keys: list[LearnedKey] = field(default_factory=list)
+    #: when the oldest of them was committed (time.monotonic()); None: nothing waits
+    since: float | None = None
+
+    def due(self, every_s: float) -> bool:
+        return self.since is not None and time.monotonic() - self.since >= every_s
 
 
 class Store:
@@ -162,6 +182,8 @@ class Store:
         self._settling = False
         #: rows in ``_status_counts`` (summed past SUM_COUNTS_AFTER)
         self._count_rows = 0
+        #: a lake store's status deltas and trace keys not written yet (SIDE_ROWS_EVERY_S)
+        self._side = SideRows()
         self._real_path = ""
         #: the in-memory state could not be rebuilt from the database: refuse work until it can
         self._stale = False
@@ -394,6 +416,10 @@ class Store:
             self.telemetry.set("queue_depth", self._queue.qsize())
             self.telemetry.sample_rate("spans_received", "spans_per_second", time.monotonic())
             if stopping and self._queue.empty():
+                try:
+                    self._write_side(self.clock.now_ns(), force=True)
+                except Exception:  # never let it stop the writer from stopping
+                    log.exception("writing status counts and trace keys at shutdown failed")
                 return
 
     def _commit(self, batch: list[Request]) -> None:
@@ -472,9 +498,10 @@ class Store:
             _, wf, key = heapq.heappop(self._timers)
             due.add((wf, key))
         changed = bool(result.transitions or result.spans or result.pending_removed or result.routed or due)
-        if changed and self._persist(result, due, now):
+        if changed and self._persist(result, due, now, flush=limit is None):
             self.telemetry.add_dropped(result.dropped)  # type: ignore[arg-type]
             self.telemetry.add("transitions_written", len(result.transitions))
+        self._write_side(now, force=limit is None)  # an explicit tick leaves nothing unwritten
         self._write_health(now)
         self._settle(now)
         self._sum_counts()
@@ -513,7 +540,11 @@ class Store:
         self._health_written_at = now
 
     # -- persistence --------------------------------------------------------------------
-    def _persist(self, result: StepResult, due: set[InstanceId], now: int, position: int | None = None) -> bool:
+    def _persist(
+        self, result: StepResult, due: set[InstanceId], now: int, position: int | None = None, *, flush: bool = False
+    ) -> bool:
+        """Write a step in one transaction. ``flush``: a lake store's status deltas and trace
+        keys not written yet go with it, however recent (SIDE_ROWS_EVERY_S)."""
         table = self._processor.table
         table.prefetch(due - result.touched)  # one read for every due instance not in memory
         states = [table.state(i, now) for i in sorted(result.touched)]
@@ -531,7 +562,18 @@ class Store:
                 moved[(s.workflow, s.status.value)] += 1
                 if before is not None:
                     moved[(s.workflow, before[0])] -= 1
-        tables = persist.tables(result, delete, buffered, states, changes.counts, next_due, moved, now)
+        side = self._side
+        if self.lake is None:  # one file: the side rows cost next to nothing, written every time
+            learned, counts, deferred = result.learned_keys, moved, False
+        else:
+            kept, only = persist.split_learned(self.model, result)
+            deferred = not (flush or only or side.due(SIDE_ROWS_EVERY_S))
+            if deferred:
+                learned, counts = [], collections.Counter()
+            else:  # a key only _trace_keys keeps takes every earlier one with it (recover_keys)
+                learned, counts = side.keys + kept + only, collections.Counter(side.counts)
+                counts.update(moved)
+        tables = persist.tables(result, delete, buffered, states, changes.counts, next_due, counts, now, learned)
         con = self._con
         try:
             con.execute("BEGIN")
@@ -567,7 +609,31 @@ class Store:
         if self._unsettled:
             self._unsettled.difference_update(upcoming)
         self._count_rows += tables.status_counts.num_rows
+        if self.lake is not None:
+            if not deferred:
+                self._side = SideRows()
+            elif kept or any(moved.values()):
+                side.keys += kept
+                side.counts.update(moved)
+                if side.since is None:
+                    side.since = time.monotonic()
         return True
+
+    def _write_side(self, now: int, *, force: bool) -> None:
+        """A lake store's status deltas and trace keys not written yet, in their own transaction
+        (when they are due: traffic has paused since; ``force``: an explicit tick, a shutdown)."""
+        side = self._side
+        if side.since is None or not (force or side.due(SIDE_ROWS_EVERY_S)):
+            return
+        counts = rows.status_counts_table(side.counts)
+
+        def write() -> None:
+            persist.insert(self._con, "_trace_keys", rows.trace_keys_table(side.keys, now))
+            persist.insert(self._con, "_status_counts", counts)
+
+        if persist.in_transaction(self._con, "writing status counts and trace keys", write):
+            self._count_rows += counts.num_rows
+            self._side = SideRows()
 
     def _notify(self, changes: Changes) -> None:
         """Tell the listeners what a commit opened and resolved."""
@@ -639,6 +705,7 @@ class Store:
         self._last.clear()
         self._unsettled.clear()
         self._settling = False
+        self._side = SideRows()  # counted anew and read back from the spans rows by _restore
         try:
             self._restore()
         except Exception as exc:  # keep serving (retryable) errors until it can be read again
@@ -704,7 +771,23 @@ class Store:
         folded now and those whose row differs are rewritten over the next ticks."""
         now = self.clock.now_ns()
         trusted = persist.folded_by(self._con) == self.fingerprint
-        restored = persist.load(self._con, self.model, rows.timestamp_literal(now - EVICT_AFTER_NS), trusted=trusted)
+        quiet_before = rows.timestamp_literal(now - EVICT_AFTER_NS)
+        lake_mode = self.lake is not None
+        # keys wait for _trace_keys only in a store that learns them and stores spans: a lake's
+        # --role all (an ingest node stores no spans; a fold node learns no keys)
+        recover = lake_mode and self.schema is None and self.handoff is None
+        restored = persist.load(self._con, self.model, quiet_before, trusted=trusted, recover=recover)
+        if restored.recovered:  # into _trace_keys with the next side rows
+            self._side = SideRows(keys=list(restored.recovered), since=time.monotonic())
+        if lake_mode:  # the last status deltas may not have been written (SIDE_ROWS_EVERY_S)
+            self._con.execute("BEGIN")
+            try:
+                persist.recount_statuses(self._con)
+                self._con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    self._con.execute("ROLLBACK")
+                raise
         table = self._processor.table
         table.restore(restored.transitions, restored.stored_hashes)
         self._processor.restore(restored.keys, restored.pending)
