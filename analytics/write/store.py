@@ -190,6 +190,9 @@ class Store:
         #: called by the writer after each commit that opened or resolved anomalies (the alert
         #: dispatcher's inbox): must return at once and never raise
         self.listeners: list[Callable[[Changes], None]] = []
+        #: called by the writer after each commit with the clock's time (the server's garbage
+        #: collection policy, collector/service.py GcFreezer); must not raise
+        self.after_commit: Callable[[int], None] | None = None
         #: test seam for storage faults: called inside each transaction just before COMMIT; an
         #: exception it raises is handled exactly like a failing disk
         self.fault: Callable[[], None] | None = None
@@ -392,6 +395,8 @@ class Store:
                     last_tick = time.monotonic()  # nor is a periodic tick run on it
                 if batch:
                     self._commit(batch)
+                    if self.after_commit is not None:
+                        self.after_commit(self.clock.now_ns())
                 if records:
                     self._append_records(records)
                 if ticks:  # asked for (tick_now): each with its own limit
