@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from analytics.common import lake
 from analytics.common.lake import Lake
 from analytics.write import store as store_module
 from analytics.write.store import Store
@@ -110,22 +112,27 @@ def test_a_restarted_lake_node_carries_on_where_it_stopped(tmp_path: Path, postg
     assert out.stdout.splitlines() == ["instance_key,status", "o-slow,converged"]
 
 
-def test_status_counts_and_trace_keys_a_lake_commit_leaves_for_later_survive_a_rebuild(
-    tmp_path: Path, postgres: Postgres
-) -> None:
-    """A lake store writes status deltas, and the trace keys its spans rows keep, at most every
-    SIDE_ROWS_EVERY_S; state rebuilt before they are written (after a failed commit here, as at
-    a start-up after a crash) counts the statuses anew and reads the keys back from the spans."""
-    postgres.create("side")
-    where = Lake(postgres.catalog("side"), str(tmp_path / "lake"))
+def open_lake_store(where: Lake, tmp_path: Path) -> Store:
     store = Store(tmp_path / "unused.duckdb", helpers.compiled_orders(), ManualClock(helpers.T0),
                   tick_interval_s=None, lake_at=where)  # fmt: skip
     store.open()
+    return store
+
+
+SIDE = "SELECT (SELECT count(*) FROM _trace_keys), (SELECT count(*) FROM _status_counts)"
+
+
+def test_status_counts_and_trace_keys_a_lake_commit_leaves_for_later_survive_a_failed_commit(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """A lake store writes status deltas, and the trace keys its spans rows keep, at most every
+    SIDE_ROWS_EVERY_S; a failed commit in between rebuilds the state and keeps them."""
+    postgres.create("side")
+    store = open_lake_store(Lake(postgres.catalog("side"), str(tmp_path / "lake")), tmp_path)
     try:
         root, charge, reserve, ship = helpers.order_spans(1, "o-1")  # the key only on the root
         store.submit([root, charge]).result(timeout=60)
-        side = "SELECT (SELECT count(*) FROM _trace_keys), (SELECT count(*) FROM _status_counts)"
-        assert query_live(store, side) == [(0, 0)]  # not written with the commit
+        assert query_live(store, SIDE) == [(0, 0)]  # not written with the commit
 
         def disk_full() -> None:
             raise OSError("No space left on device")
@@ -134,7 +141,57 @@ def test_status_counts_and_trace_keys_a_lake_commit_leaves_for_later_survive_a_r
         with pytest.raises(store_module.StoreUnavailable):
             store.submit(helpers.order_spans(2, "o-2")).result(timeout=60)
         store.fault = None  # the failed commit rebuilt the state from the lake
+        store.submit([reserve, ship]).result(timeout=60)  # no key of their own: the trace's
+        store.tick_now()  # writes the side rows
+        steps = query_live(store, "SELECT DISTINCT instance_key, step FROM transitions ORDER BY ALL")
+        keys = query_live(store, "SELECT workflow, trace_id, instance_key FROM _trace_keys")
+        counts = query_live(store, "SELECT workflow, status, instances FROM instance_counts")
+    finally:
+        store.close()
+    assert steps == [("o-1", s) for s in ("checkout", "inventory", "payment", "shipment")]
+    assert keys == [("order", helpers.trace_id(1), "o-1")]
+    assert counts == [("order", "converged", 1)]
+
+
+#: a lake store that commits the first half of order o-1, says so, and waits to be killed
+CRASHING_NODE = """
+import sys
+from analytics.common.lake import Lake
+from tests.test_lake import open_lake_store
+from tests import helpers
+from pathlib import Path
+store = open_lake_store(Lake(sys.argv[1], sys.argv[2]), Path(sys.argv[3]))
+root, charge, _, _ = helpers.order_spans(1, "o-1")
+store.submit([root, charge]).result(timeout=60)
+print("acknowledged", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_lake_node_killed_before_its_side_rows_are_written_loses_nothing(tmp_path: Path, postgres: Postgres) -> None:
+    """SIGKILL after an acknowledged commit whose status deltas and trace key were still waiting:
+    the start-up counts the statuses anew and reads the key back from the spans rows."""
+    postgres.create("crash")
+    where = Lake(postgres.catalog("crash"), str(tmp_path / "lake"))
+    node = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_NODE, where.catalog, where.data_path, str(tmp_path)],
+        cwd=helpers.ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert node.stdout is not None
+        assert node.stdout.readline().strip() == "acknowledged"
+    finally:
+        node.kill()
+        node.communicate(timeout=60)
+    con = lake.connect(where)
+    try:
+        assert con.execute(SIDE).fetchall() == [(0, 0)]  # lost with the process
+    finally:
+        con.close()
+    store = open_lake_store(where, tmp_path)
+    try:
         assert query_live(store, "SELECT * FROM instance_counts") == [("order", "running", 1)]
+        _, _, reserve, ship = helpers.order_spans(1, "o-1")
         store.submit([reserve, ship]).result(timeout=60)  # no key of their own: the trace's
         store.tick_now()
         steps = query_live(store, "SELECT DISTINCT instance_key, step FROM transitions ORDER BY ALL")

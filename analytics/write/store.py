@@ -710,9 +710,8 @@ class Store:
         self._last.clear()
         self._unsettled.clear()
         self._settling = False
-        self._side = SideRows()  # counted anew and read back from the spans rows by _restore
         try:
-            self._restore()
+            self._restore(start=False)
         except Exception as exc:  # keep serving (retryable) errors until it can be read again
             log.error("cannot rebuild state from the database, will retry before the next batch: %s", exc)
             self._stale = True
@@ -769,22 +768,26 @@ class Store:
                 self._last.pop(inst, None)
         self.telemetry.set("instances_in_memory", table.loaded)
 
-    def _restore(self) -> None:
+    def _restore(self, *, start: bool = True) -> None:
         """Rebuild memory from the database. When the stored rows were written by this model and
         fold, nothing is folded: each instance's next due time is scheduled and its transitions
         are read back when it falls or a span for it arrives. Otherwise every live instance is
-        folded now and those whose row differs are rewritten over the next ticks."""
+        folded now and those whose row differs are rewritten over the next ticks.
+
+        ``start``: a start-up, which may follow a crash that lost a lake store's side rows not yet
+        written (SIDE_ROWS_EVERY_S): the statuses are counted anew and the keys read back from the
+        spans rows. A rebuild in the same process (after a failed commit) still has them."""
         now = self.clock.now_ns()
         trusted = persist.folded_by(self._con) == self.fingerprint
         quiet_before = rows.timestamp_literal(now - EVICT_AFTER_NS)
         lake_mode = self.lake is not None
         # keys wait for _trace_keys only in a store that learns them and stores spans: a lake's
         # --role all (an ingest node stores no spans; a fold node learns no keys)
-        recover = lake_mode and self.schema is None and self.handoff is None
+        recover = start and lake_mode and self.schema is None and self.handoff is None
         restored = persist.load(self._con, self.model, quiet_before, trusted=trusted, recover=recover)
         if restored.recovered:  # into _trace_keys with the next side rows
             self._side = SideRows(keys=list(restored.recovered), since=time.monotonic())
-        if lake_mode:  # the last status deltas may not have been written (SIDE_ROWS_EVERY_S)
+        if start and lake_mode:
             self._con.execute("BEGIN")
             try:
                 persist.recount_statuses(self._con)
@@ -796,6 +799,8 @@ class Store:
         table = self._processor.table
         table.restore(restored.transitions, restored.stored_hashes)
         self._processor.restore(restored.keys, restored.pending)
+        if not start:  # committed, not yet in _trace_keys
+            self._processor.restore(self._side.keys, [])
         self.observer.restore(self._con)
         self.health = ModelHealth(self.model.workflows, self.drift_threshold)
         self.health.restore(persist.load_health(self._con))
