@@ -19,6 +19,7 @@ from analytics.write.store import Store
 from collector.service import ServeConfig, Service, StartError
 from processors.clock import ManualClock
 from processors.model import parse_duration
+from processors.types import SpanRecord
 from tests import helpers
 from tests.conftest import query_live
 from tests.helpers import ORDERS_MODEL
@@ -120,6 +121,23 @@ def open_lake_store(where: Lake, tmp_path: Path) -> Store:
 
 
 SIDE = "SELECT (SELECT count(*) FROM _trace_keys), (SELECT count(*) FROM _status_counts)"
+#: order o-1 once its inventory and shipment spans found their key through the trace
+ORDER_1_FINISHED = {
+    "steps": [("o-1", s) for s in ("checkout", "inventory", "payment", "shipment")],
+    "_trace_keys": [("order", helpers.trace_id(1), "o-1")],
+    "instance_counts": [("order", "converged", 1)],
+}
+
+
+def finish_order_1(store: Store, *rest: SpanRecord) -> dict[str, list[tuple[object, ...]]]:
+    """The rest of order o-1 (no key of its own: the trace's), then what ORDER_1_FINISHED says."""
+    store.submit(list(rest)).result(timeout=60)
+    store.tick_now()  # writes the side rows
+    return {
+        "steps": query_live(store, "SELECT DISTINCT instance_key, step FROM transitions ORDER BY ALL"),
+        "_trace_keys": query_live(store, "SELECT workflow, trace_id, instance_key FROM _trace_keys"),
+        "instance_counts": query_live(store, "SELECT workflow, status, instances FROM instance_counts"),
+    }
 
 
 def test_status_counts_and_trace_keys_a_lake_commit_leaves_for_later_survive_a_failed_commit(
@@ -141,16 +159,10 @@ def test_status_counts_and_trace_keys_a_lake_commit_leaves_for_later_survive_a_f
         with pytest.raises(store_module.StoreUnavailable):
             store.submit(helpers.order_spans(2, "o-2")).result(timeout=60)
         store.fault = None  # the failed commit rebuilt the state from the lake
-        store.submit([reserve, ship]).result(timeout=60)  # no key of their own: the trace's
-        store.tick_now()  # writes the side rows
-        steps = query_live(store, "SELECT DISTINCT instance_key, step FROM transitions ORDER BY ALL")
-        keys = query_live(store, "SELECT workflow, trace_id, instance_key FROM _trace_keys")
-        counts = query_live(store, "SELECT workflow, status, instances FROM instance_counts")
+        finished = finish_order_1(store, reserve, ship)
     finally:
         store.close()
-    assert steps == [("o-1", s) for s in ("checkout", "inventory", "payment", "shipment")]
-    assert keys == [("order", helpers.trace_id(1), "o-1")]
-    assert counts == [("order", "converged", 1)]
+    assert finished == ORDER_1_FINISHED
 
 
 #: a lake store that commits the first half of order o-1, says so, and waits to be killed
@@ -192,16 +204,10 @@ def test_a_lake_node_killed_before_its_side_rows_are_written_loses_nothing(tmp_p
     try:
         assert query_live(store, "SELECT * FROM instance_counts") == [("order", "running", 1)]
         _, _, reserve, ship = helpers.order_spans(1, "o-1")
-        store.submit([reserve, ship]).result(timeout=60)  # no key of their own: the trace's
-        store.tick_now()
-        steps = query_live(store, "SELECT DISTINCT instance_key, step FROM transitions ORDER BY ALL")
-        keys = query_live(store, "SELECT workflow, trace_id, instance_key FROM _trace_keys")
-        counts = query_live(store, "SELECT workflow, status, instances FROM instance_counts")
+        finished = finish_order_1(store, reserve, ship)
     finally:
         store.close()
-    assert steps == [("o-1", s) for s in ("checkout", "inventory", "payment", "shipment")]
-    assert keys == [("order", helpers.trace_id(1), "o-1")]
-    assert counts == [("order", "converged", 1)]
+    assert finished == ORDER_1_FINISHED
 
 
 def test_a_lake_that_cannot_be_reached_is_a_clear_start_error(tmp_path: Path, postgres: Postgres) -> None:
