@@ -76,12 +76,34 @@ def load_options(parser: argparse.ArgumentParser, half_load_s: float = 30.0, hal
 def measure(endpoint: str, args: argparse.Namespace, payloads: list[bytes], rate: float | None) -> Figures:
     """Warm-up, the maximum rate (unpaced), then latency at ``rate`` (half the maximum if None)."""
     drive(endpoint, payloads, args.spans_per_request, args.clients, 2.0, None)
+    before = cpu_ticks()
     max_rate, _, _ = drive(endpoint, payloads, args.spans_per_request, args.clients, args.seconds, None)
+    between = cpu_ticks()
     paced = rate or max_rate / 2
     _, lat, _ = drive(endpoint, payloads, args.spans_per_request, args.clients, args.half_load_seconds, paced)
+    after = cpu_ticks()
     lat.sort()
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
-    return Figures(max_rate, paced, statistics.median(lat) * 1000, p99, len(lat))
+    steal = (stolen(before, between), stolen(between, after))
+    return Figures(max_rate, paced, statistics.median(lat) * 1000, p99, len(lat), steal)
+
+
+def cpu_ticks() -> list[int] | None:
+    """The machine's CPU time so far, by kind (the first line of /proc/stat); None off Linux."""
+    try:
+        with open("/proc/stat") as stat:
+            return [int(x) for x in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def stolen(before: list[int] | None, after: list[int] | None) -> float | None:
+    """The share of CPU time the hypervisor gave other guests between two readings, in %: a
+    figure taken while it is high measures the host as much as coordstate."""
+    if before is None or after is None or len(before) < 8 or len(after) < 8:
+        return None
+    spent = [b - a for a, b in zip(before[:8], after[:8], strict=True)]  # guest time is in user's
+    return 100 * spent[7] / sum(spent) if sum(spent) else 0.0
 
 
 @dataclass(frozen=True)
@@ -91,11 +113,14 @@ class Figures:
     p50: float
     p99: float
     exports: int
+    #: host steal time (%) while the maximum, then the paced latency, were measured
+    steal: tuple[float | None, float | None] = (None, None)
 
     def show(self, name: str, open_now: int | None = None) -> None:
         anomalies = "" if open_now is None else f"; {open_now:,} anomalies open"
+        steal = " / ".join("n/a" if s is None else f"{s:.1f} %" for s in self.steal)
         print(f"{name:34} {self.max_rate:10,.0f} spans/s max; at {self.paced:,.0f} spans/s: p50 {self.p50:6.1f} ms, "
-              f"p99 {self.p99:6.1f} ms ({self.exports:,} exports){anomalies}")  # fmt: skip
+              f"p99 {self.p99:6.1f} ms ({self.exports:,} exports){anomalies}; host steal {steal}")  # fmt: skip
 
 
 def phase(name: str, args: argparse.Namespace, payloads: list[bytes], rate: float | None, model: Path,
