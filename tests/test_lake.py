@@ -3,6 +3,7 @@ contract and the same coordination state as the embedded DuckDB file, for the sa
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -163,6 +164,27 @@ def test_status_counts_and_trace_keys_a_lake_commit_leaves_for_later_survive_a_f
     finally:
         store.close()
     assert finished == ORDER_1_FINISHED
+
+
+def test_a_shutdown_with_the_catalog_down_says_what_recovers_the_side_rows(
+    tmp_path: Path, postgres: Postgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shutdown's write of the waiting side rows is the last one: when it fails, the log
+    says what recovers them (the next start-up), not a tick that never comes."""
+    postgres.create("down")
+    store = open_lake_store(Lake(postgres.catalog("down"), str(tmp_path / "lake")), tmp_path)
+    root, charge, _, _ = helpers.order_spans(1, "o-1")
+    store.submit([root, charge]).result(timeout=60)
+    postgres.stop()
+    try:
+        with caplog.at_level(logging.ERROR, logger="analytics.write.persist"):
+            store.close()
+    finally:
+        postgres.start()
+    failed = [r.getMessage() for r in caplog.records if "writing status counts and trace keys failed" in r.getMessage()]
+    assert len(failed) == 1
+    assert "the next start-up counts the statuses and reads the keys back" in failed[0]
+    assert "next tick" not in failed[0]
 
 
 #: a lake store that commits the first half of order o-1, says so, and waits to be killed

@@ -37,15 +37,16 @@ RETAINED_TABLES = (
 )
 
 
-def in_transaction(con: Any, what: str, work: Callable[[], object]) -> bool:
-    """Run ``work`` in its own transaction; on an error roll back, log it, and return False (the
-    upkeep that calls this — retention, model health — retries on the next tick)."""
+def in_transaction(con: Any, what: str, work: Callable[[], object], then: str = "will retry on the next tick") -> bool:
+    """Run ``work`` in its own transaction; on an error roll back, log it with what happens
+    ``then``, and return False (the upkeep that calls this — retention, model health — retries on
+    the next tick)."""
     try:
         con.execute("BEGIN")
         work()
         con.execute("COMMIT")
     except Exception as exc:
-        log.error("%s failed, will retry on the next tick: %s", what, exc)
+        log.error("%s failed, %s: %s", what, then, exc)
         with contextlib.suppress(Exception):
             con.execute("ROLLBACK")
         return False

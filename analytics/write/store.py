@@ -422,7 +422,7 @@ class Store:
             self.telemetry.sample_rate("spans_received", "spans_per_second", time.monotonic())
             if stopping and self._queue.empty():
                 try:
-                    self._write_side(self.clock.now_ns(), force=True)
+                    self._write_side(self.clock.now_ns(), force=True, last=True)
                 except Exception:  # never let it stop the writer from stopping
                     log.exception("writing status counts and trace keys at shutdown failed")
                 return
@@ -624,9 +624,10 @@ class Store:
                     side.since = time.monotonic()
         return True
 
-    def _write_side(self, now: int, *, force: bool) -> None:
+    def _write_side(self, now: int, *, force: bool, last: bool = False) -> None:
         """A lake store's status deltas and trace keys not written yet, in their own transaction
-        (when they are due: traffic has paused since; ``force``: an explicit tick, a shutdown)."""
+        (when they are due: traffic has paused since; ``force``: an explicit tick, a shutdown;
+        ``last``: the shutdown's, after which no tick retries)."""
         side = self._side
         if side.since is None or not (force or side.due(SIDE_ROWS_EVERY_S)):
             return
@@ -636,7 +637,10 @@ class Store:
             persist.insert(self._con, "_trace_keys", rows.trace_keys_table(side.keys, now))
             persist.insert(self._con, "_status_counts", counts)
 
-        if persist.in_transaction(self._con, "writing status counts and trace keys", write):
+        then = (
+            "the next start-up counts the statuses and reads the keys back" if last else "will retry on the next tick"
+        )
+        if persist.in_transaction(self._con, "writing status counts and trace keys", write, then):
             self._count_rows += counts.num_rows
             self._side = SideRows()
 
