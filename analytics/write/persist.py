@@ -37,7 +37,11 @@ RETAINED_TABLES = (
 )
 
 
-def in_transaction(con: Any, what: str, work: Callable[[], object], then: str = "will retry on the next tick") -> bool:
+#: what follows a failed upkeep transaction (in_transaction), unless the caller says otherwise
+NEXT_TICK = "will retry on the next tick"
+
+
+def in_transaction(con: Any, what: str, work: Callable[[], object], then: str = NEXT_TICK) -> bool:
     """Run ``work`` in its own transaction; on an error roll back, log it with what happens
     ``then``, and return False (the upkeep that calls this — retention, model health — retries on
     the next tick)."""

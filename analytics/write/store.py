@@ -637,9 +637,7 @@ class Store:
             persist.insert(self._con, "_trace_keys", rows.trace_keys_table(side.keys, now))
             persist.insert(self._con, "_status_counts", counts)
 
-        then = (
-            "the next start-up counts the statuses and reads the keys back" if last else "will retry on the next tick"
-        )
+        then = "the next start-up counts the statuses and reads the keys back" if last else persist.NEXT_TICK
         if persist.in_transaction(self._con, "writing status counts and trace keys", write, then):
             self._count_rows += counts.num_rows
             self._side = SideRows()
