@@ -166,6 +166,27 @@ def test_status_counts_and_trace_keys_a_lake_commit_leaves_for_later_survive_a_f
     assert finished == ORDER_1_FINISHED
 
 
+def test_a_lake_store_whose_database_was_invalidated_connects_anew_and_loses_nothing(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """A fatal DuckDB error leaves the database instance unusable (a DuckLake scan failed that
+    way while PostgreSQL restarted); a reader that meets one says so, and the store reconnects
+    to the lake, rebuilds, and goes on from what it committed."""
+    postgres.create("fatal")
+    store = open_lake_store(Lake(postgres.catalog("fatal"), str(tmp_path / "lake")), tmp_path)
+    try:
+        root, charge, reserve, ship = helpers.order_spans(1, "o-1")
+        store.submit([root, charge]).result(timeout=60)
+        old = store._con
+        store.invalidated()
+        finished = finish_order_1(store, reserve, ship)  # queued behind the reconnect
+        assert store._con is not old
+        assert store.telemetry.snapshot().counters["reconnects"] == 1
+    finally:
+        store.close()
+    assert finished == ORDER_1_FINISHED
+
+
 def test_a_shutdown_with_the_catalog_down_says_what_recovers_the_side_rows(
     tmp_path: Path, postgres: Postgres, caplog: pytest.LogCaptureFixture
 ) -> None:

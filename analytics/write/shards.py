@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ import pyarrow as pa
 
 from analytics.common.lake import ALIAS
 from analytics.write import persist, rows
+from analytics.write.messages import StoreUnavailable
 from analytics.write.schema import ANOMALY_TIME, CONVERGENCE, INSTANCE_COUNTS, STATE_AT, migrate
 from processors.clock import Clock, WallClock
 from processors.correlate import LearnedKey, Routed, StepResult
@@ -353,13 +355,22 @@ class Follower:
 
     def sync(self, timeout_s: float = 60.0) -> None:
         """Wait until everything handed off so far is folded (tests, benchmarks, shutdown)."""
-        cur = self.store.cursor()  # this thread's own: a connection serves one thread at a time
-        try:
-            target = current_snapshot(cur)
-        finally:
-            cur.close()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                cur = self.store.cursor()  # this thread's own: a connection serves one thread at a time
+            except StoreUnavailable:  # being reopened after a fatal error
+                if time.monotonic() >= deadline:
+                    raise
+                self._stop.wait(self.poll_s)
+                continue
+            try:
+                target = current_snapshot(cur)
+            finally:
+                cur.close()
+            break
         with self._changed:
-            if not self._changed.wait_for(lambda: self.position >= target, timeout=timeout_s):
+            if not self._changed.wait_for(lambda: self.position >= target, timeout=deadline - time.monotonic()):
                 raise TimeoutError(f"partition {self.partition} is at snapshot {self.position}, not {target}")
 
     def _run(self) -> None:
@@ -369,10 +380,17 @@ class Follower:
             except Exception as exc:  # the lake unreachable, a commit refused: try again shortly
                 log.warning("following the hand-off for partition %d failed, retrying: %s", self.partition, exc)
                 moved = False
+                if isinstance(exc, duckdb.FatalException):  # the store reconnects; this cursor is gone
+                    self.store.invalidated()
+                    with contextlib.suppress(Exception):
+                        self._con.close()
+                    self._con = None
             if not moved:
                 self._stop.wait(self.poll_s)
 
     def _follow_once(self) -> bool:
+        if self._con is None:
+            self._con = self.store.cursor()
         head = current_snapshot(self._con)
         self.store.telemetry.set(f"handoff_lag_snapshots:{self.partition}", max(0, head - self.position))
         if head <= self.position:

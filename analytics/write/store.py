@@ -187,6 +187,8 @@ class Store:
         self._real_path = ""
         #: the in-memory state could not be rebuilt from the database: refuse work until it can
         self._stale = False
+        #: a fatal error invalidated the database instance: the next rebuild reconnects (a lake)
+        self._invalid = False
         #: called by the writer after each commit that opened or resolved anomalies (the alert
         #: dispatcher's inbox): must return at once and never raise
         self.listeners: list[Callable[[Changes], None]] = []
@@ -226,15 +228,22 @@ class Store:
                 + (". Is another coordstate serving it? Stop it, or pass another --db" if held else "")
             ) from exc
         try:
-            if self.schema is not None:
-                self._con.execute(f"CREATE SCHEMA IF NOT EXISTS {lake.ALIAS}.{self.schema}")
-                self._con.execute(f"USE {lake.ALIAS}.{self.schema}")
-            migrate(self._con)
+            self._prepare_connection()
         except Exception as exc:
             self._con.close()
             self._con = None
             self._release_path()
             raise StoreOpenError(f"cannot prepare the database {self.path}: {exc}") from exc
+        self._restore()
+        self._thread = threading.Thread(target=self._run, name="coordstate-writer", daemon=True)
+        self._thread.start()
+
+    def _prepare_connection(self) -> None:
+        """Schema, migrations and settings of a new connection, and the parent of readers' cursors."""
+        if self.schema is not None:
+            self._con.execute(f"CREATE SCHEMA IF NOT EXISTS {lake.ALIAS}.{self.schema}")
+            self._con.execute(f"USE {lake.ALIAS}.{self.schema}")
+        migrate(self._con)
         # user SQL runs on cursors of this database: no files, no network, no extensions, and
         # no way to change that back (see analytics/read/sandbox.py)
         if self.memory_limit:
@@ -247,10 +256,33 @@ class Store:
         self._con.execute("SET lock_configuration = true")
         self._catalog = self._con.execute("SELECT current_database()").fetchone()[0]
         self._schema = self._con.execute("SELECT current_schema()").fetchone()[0]
-        self._reader_parent = self._con.cursor()
-        self._restore()
-        self._thread = threading.Thread(target=self._run, name="coordstate-writer", daemon=True)
-        self._thread.start()
+        with self._reader_lock:
+            self._reader_parent = self._con.cursor()
+
+    def invalidated(self) -> None:
+        """A reader met a fatal DuckDB error: the database instance is unusable from now on (a
+        DuckLake scan failed inside while the catalog went away, seen once in a test of a
+        PostgreSQL restart). A lake store opens a new connection with its next rebuild, which
+        this asks for; until then senders and readers are told to retry."""
+        if self.lake is None or self._closed.is_set():
+            return
+        self._invalid = True
+        self._stale = True
+        self.request_tick()  # wakes the writer, which rebuilds before anything else
+
+    def _reconnect(self) -> None:
+        """A new connection to the lake in place of an invalidated one (the writer's thread)."""
+        assert self.lake is not None
+        log.warning("the database was invalidated by a fatal error; connecting to the lake anew")
+        with self._reader_lock:
+            old, self._reader_parent = self._reader_parent, None
+        for con in (old, self._con):
+            with contextlib.suppress(Exception):
+                con.close()
+        self._con = lake.connect(self.lake)
+        self._prepare_connection()
+        self._invalid = False
+        self.telemetry.add("reconnects")
 
     def _file_problem(self) -> str:
         where = Path(self.path)
@@ -309,9 +341,18 @@ class Store:
         schema, or in ``schema`` (``main``: the whole lake's public views, on a node with roles)."""
         with self._reader_lock:
             if self._reader_parent is None:
+                if self._invalid:
+                    raise StoreUnavailable("the database is being reopened after a fatal error; retry")
                 raise StoreClosed("the store is closed")
             cur = self._reader_parent.cursor()
-        cur.execute(f'USE "{self._catalog}"."{schema or self._schema}"')  # a cursor starts in DuckDB's memory catalog
+        try:
+            cur.execute(
+                f'USE "{self._catalog}"."{schema or self._schema}"'
+            )  # a cursor starts in DuckDB's memory catalog
+        except duckdb.FatalException as exc:
+            cur.close()
+            self.invalidated()
+            raise StoreUnavailable(f"the database is being reopened after a fatal error ({exc}); retry") from exc
         return cur
 
     def submit_routed(self, items: Sequence[Routed], event_ns: int, position: int) -> Future[CommitReceipt]:
@@ -713,8 +754,12 @@ class Store:
         self._unsettled.clear()
         self._settling = False
         try:
+            if self._invalid:
+                self._reconnect()
             self._restore(start=False)
         except Exception as exc:  # keep serving (retryable) errors until it can be read again
+            if isinstance(exc, duckdb.FatalException) and self.lake is not None:
+                self._invalid = True  # reconnect with the next try
             log.error("cannot rebuild state from the database, will retry before the next batch: %s", exc)
             self._stale = True
             return False
