@@ -8,11 +8,16 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import duckdb
+
 from analytics.write.observer import Changes
 from processors.correlate import Routed
 from processors.fold import InstanceState
 from processors.state import InstanceId
 from processors.types import SpanRecord
+
+#: errors after which DuckDB has invalidated the whole database instance (every later call fails)
+FATAL_ERRORS = (duckdb.FatalException, duckdb.InternalException)
 
 
 class StoreError(Exception):

@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from analytics.common.lake import ALIAS
 from analytics.write import persist, rows
-from analytics.write.messages import StoreUnavailable
+from analytics.write.messages import FATAL_ERRORS, StoreUnavailable
 from analytics.write.schema import ANOMALY_TIME, CONVERGENCE, INSTANCE_COUNTS, STATE_AT, migrate
 from processors.clock import Clock, WallClock
 from processors.correlate import LearnedKey, Routed, StepResult
@@ -380,7 +380,7 @@ class Follower:
             except Exception as exc:  # the lake unreachable, a commit refused: try again shortly
                 log.warning("following the hand-off for partition %d failed, retrying: %s", self.partition, exc)
                 moved = False
-                if isinstance(exc, duckdb.FatalException):  # the store reconnects; this cursor is gone
+                if isinstance(exc, FATAL_ERRORS):  # the store reconnects; this cursor is gone
                     self.store.invalidated()
                     with contextlib.suppress(Exception):
                         self._con.close()

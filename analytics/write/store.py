@@ -40,6 +40,7 @@ from analytics.common.telemetry import Telemetry
 from analytics.write import persist, rows, shards
 from analytics.write.connection import CHECKPOINT_THRESHOLD, connect
 from analytics.write.messages import (
+    FATAL_ERRORS,
     CommitReceipt,
     Message,
     ObserverProtocol,
@@ -349,7 +350,7 @@ class Store:
             cur.execute(
                 f'USE "{self._catalog}"."{schema or self._schema}"'
             )  # a cursor starts in DuckDB's memory catalog
-        except duckdb.FatalException as exc:
+        except FATAL_ERRORS as exc:
             cur.close()
             self.invalidated()
             raise StoreUnavailable(f"the database is being reopened after a fatal error ({exc}); retry") from exc
@@ -758,7 +759,7 @@ class Store:
                 self._reconnect()
             self._restore(start=False)
         except Exception as exc:  # keep serving (retryable) errors until it can be read again
-            if isinstance(exc, duckdb.FatalException) and self.lake is not None:
+            if isinstance(exc, FATAL_ERRORS) and self.lake is not None:
                 self._invalid = True  # reconnect with the next try
             log.error("cannot rebuild state from the database, will retry before the next batch: %s", exc)
             self._stale = True
