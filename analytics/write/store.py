@@ -346,12 +346,12 @@ class Store:
                     raise StoreUnavailable("the database is being reopened after a fatal error; retry")
                 raise StoreClosed("the store is closed")
             cur = self._reader_parent.cursor()
-        try:
-            cur.execute(
-                f'USE "{self._catalog}"."{schema or self._schema}"'
-            )  # a cursor starts in DuckDB's memory catalog
+        try:  # a cursor starts in DuckDB's memory catalog
+            cur.execute(f'USE "{self._catalog}"."{schema or self._schema}"')
         except FATAL_ERRORS as exc:
             cur.close()
+            if self.lake is None:  # one file: only a restart opens it again
+                raise
             self.invalidated()
             raise StoreUnavailable(f"the database is being reopened after a fatal error ({exc}); retry") from exc
         return cur
