@@ -93,6 +93,9 @@ TERMINAL_VALUES = frozenset(s.value for s in TERMINAL_STATUSES)
 #: tables appended to through :meth:`Store.record` (nothing else writes them)
 RECORD_TABLES = ("alert_deliveries", "action_deliveries")
 
+#: what a reader hears while a lake store connects anew after a fatal error (Store.invalidated)
+REOPENING = "the database is being reopened after a fatal error; retry"
+
 # DuckDB shares one database instance per file inside a process, so its file lock cannot stop a
 # second Store here from becoming a second writer: this registry does.
 _OPEN_PATHS: set[str] = set()
@@ -343,7 +346,7 @@ class Store:
         with self._reader_lock:
             if self._reader_parent is None:
                 if self._invalid:
-                    raise StoreUnavailable("the database is being reopened after a fatal error; retry")
+                    raise StoreUnavailable(REOPENING)
                 raise StoreClosed("the store is closed")
             cur = self._reader_parent.cursor()
         try:  # a cursor starts in DuckDB's memory catalog
@@ -353,7 +356,7 @@ class Store:
             if self.lake is None:  # one file: only a restart opens it again
                 raise
             self.invalidated()
-            raise StoreUnavailable(f"the database is being reopened after a fatal error ({exc}); retry") from exc
+            raise StoreUnavailable(f"{REOPENING} ({exc})") from exc
         return cur
 
     def submit_routed(self, items: Sequence[Routed], event_ns: int, position: int) -> Future[CommitReceipt]:
